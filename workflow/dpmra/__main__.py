@@ -1,0 +1,5 @@
+"""Allow `python -m dpmra ...`."""
+
+from dpmra.cli import main
+
+raise SystemExit(main())
