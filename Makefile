@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make demo` (install + run the embedded default) and `make test`.
+# Both create .venv if missing and are idempotent: the install step reruns only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch; set TORCH_SPEC to your site's build (e.g. a CUDA wheel) on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+CORES ?= 2
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dpmra-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test report lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+report: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --report results/report.html
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,65 @@
+"""Patient tables: the phantom cohort from the config, or a user's manifest of NIfTI paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "val", "test", "external")
+COLUMNS = ("patient", "site", "split", "image", "label", "brain_mask")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the rows at fault."""
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Read a tab-separated manifest as strings, with an empty brain_mask meaning 'derive one'."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ManifestError(f"{path}: cannot read the manifest ({err})") from err
+    if "brain_mask" not in table.columns:
+        table["brain_mask"] = ""
+    return table
+
+
+def check_manifest(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Reject duplicate patients and patients in two splits; require a train split. Returns the table indexed by patient."""
+    missing = [c for c in COLUMNS[:5] if c not in table.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
+    bad_split = table.loc[~table["split"].isin(SPLITS)]
+    if len(bad_split):
+        raise ManifestError(
+            f"{path}: unknown split {sorted(set(bad_split['split']))} for patient(s) "
+            f"{', '.join(bad_split['patient'])}; use one of {', '.join(SPLITS)}"
+        )
+    for patient, rows in table.groupby("patient", sort=False):
+        if len(rows) > 1 and rows["split"].nunique() > 1:
+            raise ManifestError(
+                f"{path}: patient {patient} is in two splits ({', '.join(rows['split'])}); "
+                "splits must be by patient so no patient's data reaches both training and testing"
+            )
+        if len(rows) > 1:
+            raise ManifestError(f"{path}: duplicate patient {patient} ({len(rows)} rows)")
+    if not (table["split"] == "train").any():
+        raise ManifestError(f"{path}: no patient in the train split")
+    return table.set_index("patient", drop=False)
+
+
+def phantom_table(splits: dict[str, dict], base_seed: int) -> pd.DataFrame:
+    """The phantom cohort: patients {site}{index:03d}, numbered per site across splits, seed = base_seed + index."""
+    rows, counters = [], {}
+    for split in SPLITS:
+        spec = splits.get(split)
+        if not spec:
+            continue
+        site = spec["site"]
+        for _ in range(spec["patients"]):
+            index = counters.get(site, 0)
+            counters[site] = index + 1
+            rows.append({"patient": f"{site}{index:03d}", "site": site, "split": split, "seed": base_seed + index})
+    return pd.DataFrame(rows).set_index("patient", drop=False)

@@ -1,0 +1,67 @@
+import os
+
+import pandas as pd
+from snakemake.utils import validate
+
+from dpmra.manifest import check_manifest, phantom_table, read_manifest
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+
+def load_patients() -> pd.DataFrame:
+    """The cohort: phantom patients from the config, or the validated manifest."""
+    data = config["data"]
+    if data["source"] == "phantom":
+        return phantom_table(data["phantom"]["splits"], data["phantom"]["seed"])
+    table = read_manifest(data["manifest"])
+    validate(table, schema="../schemas/samples.schema.yaml")
+    return check_manifest(table, data["manifest"])
+
+
+patients = load_patients()
+PATCHES = config["patches"]
+
+
+wildcard_constraints:
+    patient="|".join(patients.index),
+
+
+def patients_in(*splits: str) -> list[str]:
+    """Patient identifiers of the given splits, in table order."""
+    return patients.index[patients["split"].isin(splits)].tolist()
+
+
+def raw_volumes(wildcards) -> dict[str, str]:
+    """A patient's input NIfTI files: the phantom's outputs or the manifest's paths (mask only if given)."""
+    if config["data"]["source"] == "phantom":
+        return {
+            name: f"results/phantom/{wildcards.patient}/{name}.nii.gz"
+            for name in ("image", "label", "brain_mask")
+        }
+    row = patients.loc[wildcards.patient]
+    files = {"image": row["image"], "label": row["label"]}
+    if row["brain_mask"]:
+        files["brain_mask"] = row["brain_mask"]
+    return files
+
+
+def brain_mask_argument(wildcards, input) -> str:
+    """`--brain-mask FILE` where the patient has a mask; none lets dpmra derive one."""
+    return f"--brain-mask {input.brain_mask}" if "brain_mask" in input.keys() else ""
+
+
+def phantom_shape_argument(wildcards) -> str:
+    """`--shape X Y Z` where the config overrides the sites' matrix size."""
+    shape = config["data"]["phantom"]["shape"]
+    return "--shape " + " ".join(map(str, shape)) if shape else ""
+
+
+def all_targets() -> list[str]:
+    """Everything the workflow builds so far."""
+    return [
+        "results/patches/train_set.npz",
+        "results/patches/gallery.png",
+        *expand("results/data/{patient}/mip.png", patient=patients.index),
+        *expand("results/patches/{patient}.npz", patient=patients.index),
+    ]

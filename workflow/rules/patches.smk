@@ -1,0 +1,45 @@
+rule patches:
+    input:
+        image="results/data/{patient}/image.nii.gz",
+        label="results/data/{patient}/label.nii.gz",
+        brain_mask="results/data/{patient}/brain_mask.nii.gz",
+    output:
+        "results/patches/{patient}.npz",
+    params:
+        per_patient=PATCHES["per_patient"],
+        size=PATCHES["size"],
+        seed=PATCHES["seed"],
+    log:
+        "results/logs/patches/{patient}.log",
+    benchmark:
+        "results/benchmarks/patches/{patient}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "dpmra patches --patient {wildcards.patient} --image {input.image} --label {input.label} "
+        "--brain-mask {input.brain_mask} --patches-per-patient {params.per_patient} "
+        "--patch-size {params.size} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule training_set:
+    input:
+        expand("results/patches/{patient}.npz", patient=patients_in("train")),
+    output:
+        train_set="results/patches/train_set.npz",
+        gallery=report(
+            "results/patches/gallery.png",
+            caption="../report/gallery.rst",
+            category="Data",
+            subcategory="Patches",
+        ),
+    params:
+        size=PATCHES["size"],
+        per_patient=PATCHES["per_patient"],
+    log:
+        "results/logs/training_set.log",
+    resources:
+        mem_mb=8000,
+        runtime=15,
+    shell:
+        "dpmra training-set {input} --out {output.train_set} --gallery {output.gallery} > {log} 2>&1"
