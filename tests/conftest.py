@@ -1,0 +1,41 @@
+"""Shared fixtures: small hand-built NIfTI subjects whose every voxel is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+SHAPE = (40, 36, 8)
+AFFINE = np.diag([0.5, 0.5, 0.7, 1.0])
+
+
+def toy_subject(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A noisy brain-like block with bright straight vessels along x and y; returns image, label, mask."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[4:36, 4:32, :] = 1
+    label = np.zeros(SHAPE, np.uint8)
+    label[6:34, 17:19, :] = 1
+    label[20, 6:30, :] = 1
+    image = 10 + rng.normal(0, 1, SHAPE) + 90 * mask + 100 * label
+    return image.astype(np.float32), label, mask
+
+
+def save(data: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> Path:
+    """Write an array as NIfTI and return the path."""
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.fixture
+def subject_files(tmp_path: Path) -> dict[str, Path]:
+    """A valid toy subject written as image/label/brain_mask NIfTI files."""
+    image, label, mask = toy_subject()
+    return {
+        "image": save(image, tmp_path / "image.nii.gz"),
+        "label": save(label, tmp_path / "label.nii.gz"),
+        "brain_mask": save(mask, tmp_path / "brain_mask.nii.gz"),
+    }
