@@ -1,0 +1,149 @@
+"""The Snakemake workflow: dry runs, failures at start and in a rule, and an end-to-end run of the tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from conftest import save, toy_subject
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir`; stdout holds both streams (Snakemake reports errors on either)."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
+        cwd=workdir,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    lines = output.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_default_config(tmp_path):
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config/config.yaml"))
+    assert result.returncode == 0, result.stdout
+    counts = job_counts(result.stdout)
+    assert counts == {"phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "all": 1}
+
+
+def test_bad_config_is_rejected_at_start(tmp_path):
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    config["patches"]["size"] = 4
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    assert "4 is less than the minimum of 8" in result.stdout
+
+
+def write_manifest(tmp_path: Path, label_values: dict[str, np.ndarray] | None = None) -> Path:
+    """Toy subjects P1-P3 (train, val, external) on disk and a manifest listing them; P3 has no mask."""
+    rows = ["patient\tsite\tsplit\timage\tlabel\tbrain_mask"]
+    for i, (patient, split) in enumerate([("P1", "train"), ("P2", "val"), ("P3", "external")]):
+        image, label, mask = toy_subject(seed=i)
+        if label_values and patient in label_values:
+            label = label_values[patient]
+        d = tmp_path / "data" / patient
+        d.mkdir(parents=True)
+        save(image, d / "tof.nii.gz")
+        save(label, d / "vessels.nii.gz")
+        mask_path = "" if patient == "P3" else str(save(mask, d / "mask.nii.gz").relative_to(tmp_path))
+        rows.append(f"{patient}\tS\t{split}\tdata/{patient}/tof.nii.gz\tdata/{patient}/vessels.nii.gz\t{mask_path}")
+    (tmp_path / "samples.tsv").write_text("\n".join(rows) + "\n")
+    config = {
+        "data": {"source": "manifest", "manifest": "samples.tsv"},
+        "patches": {"per_patient": 20, "size": 16, "seed": 0},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "config.yaml"
+
+
+def test_duplicate_patient_is_rejected_at_start(tmp_path):
+    write_manifest(tmp_path)
+    with open(tmp_path / "samples.tsv", "a") as f:
+        f.write("P1\tS\ttest\tdata/P1/tof.nii.gz\tdata/P1/vessels.nii.gz\t\n")
+    result = snakemake(tmp_path, "-n", "--configfile", "config.yaml")
+    assert result.returncode != 0
+    assert "samples.tsv: patient P1 is in two splits (train, test)" in result.stdout
+
+
+def test_manifest_run_and_bad_volume_fails_in_its_own_rule(tmp_path):
+    label = toy_subject(seed=1)[1].astype(np.int16)
+    label[0, 0, 0] = 7
+    write_manifest(tmp_path, {"P2": label})
+    result = snakemake(tmp_path, "--configfile", "config.yaml", "--keep-going")
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/prepare/P2.log").read_text()
+    assert "data/P2/vessels.nii.gz: vessel label is not binary; values {0, 1, 7}" in log
+    assert not (tmp_path / "results/data/P2").exists() or not any((tmp_path / "results/data/P2").iterdir())
+    assert (tmp_path / "results/patches/train_set.npz").exists()
+    info = json.loads((tmp_path / "results/data/P3/volume.json").read_text())
+    assert info["mask_method"].startswith("derived")
+    assert "no brain mask given" in (tmp_path / "results/logs/prepare/P3.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny config run end to end once for all content checks."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake(workdir, "--configfile", str(ROOT / "config/test.yaml"))
+    assert result.returncode == 0, result.stdout[-5000:]
+    return workdir / "results"
+
+
+@pytest.mark.workflow
+def test_tiny_run_patients(tiny_run):
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    for patient, site in [("A000", "A"), ("A004", "A"), ("B000", "B")]:
+        info = json.loads((tiny_run / "data" / patient / "volume.json").read_text())
+        assert info["shape"] == config["data"]["phantom"]["shape"]
+        assert 0.005 < info["vessel_fraction"] < 0.05
+        image = nib.load(tiny_run / "data" / patient / "image.nii.gz")
+        assert image.get_fdata().max() == pytest.approx(255, abs=1e-3)
+        assert (tiny_run / "data" / patient / "mip.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spacing = [json.loads((tiny_run / "data" / p / "volume.json").read_text())["spacing_mm"][0] for p in ("A000", "B000")]
+    assert spacing[0] != spacing[1]
+
+
+@pytest.mark.workflow
+def test_tiny_run_patches_and_training_set(tiny_run):
+    with np.load(tiny_run / "patches/A001.npz") as p:
+        assert p["image"].shape == (40, 16, 16)
+        assert (p["kind"] == 1).sum() == 20
+        assert (p["label"][p["kind"] == 1, 8, 8] == 1).all()
+    x = np.load(tiny_run / "patches/train_set.npz")["x"]
+    assert x.shape == (3 * 40, 2, 16, 16)
+    assert x[:, 0].min() == -1 and x[:, 0].max() == 1
+    assert set(np.unique(x[:, 1]).tolist()) == {-1.0, 1.0}
+    assert (tiny_run / "patches/gallery.png").stat().st_size > 1000
+    assert (tiny_run / "logs/training_set.log").read_text().count("training set: 120 pairs") == 1
+
+
+@pytest.mark.workflow
+def test_tiny_run_is_complete(tiny_run):
+    result = snakemake(tiny_run.parent, "-n", "--configfile", str(ROOT / "config/test.yaml"))
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout
