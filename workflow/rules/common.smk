@@ -5,7 +5,6 @@ from snakemake.utils import validate
 
 from dpmra.manifest import check_manifest, phantom_table, read_manifest
 
-
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 

@@ -4,18 +4,20 @@ rule phantom:
         label="results/phantom/{patient}/label.nii.gz",
         brain_mask="results/phantom/{patient}/brain_mask.nii.gz",
         mip="results/phantom/{patient}/mip.png",
+    log:
+        "results/logs/phantom/{patient}.log",
+    benchmark:
+        "results/benchmarks/phantom/{patient}.tsv"
+    conda:
+        "../../envs/base.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         site=lambda wildcards: patients.loc[wildcards.patient, "site"],
         seed=lambda wildcards: patients.loc[wildcards.patient, "seed"],
         shape=phantom_shape_argument,
         out_dir=lambda wildcards, output: os.path.dirname(output.image),
-    log:
-        "results/logs/phantom/{patient}.log",
-    benchmark:
-        "results/benchmarks/phantom/{patient}.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=10,
     shell:
         "dpmra phantom --site {params.site} --seed {params.seed} {params.shape} "
         "--out {params.out_dir} > {log} 2>&1"
@@ -36,18 +38,20 @@ rule prepare:
             subcategory="Patients",
             labels={"patient": "{patient}"},
         ),
+    log:
+        "results/logs/prepare/{patient}.log",
+    benchmark:
+        "results/benchmarks/prepare/{patient}.tsv"
+    conda:
+        "../../envs/base.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=15,
     params:
         brain_mask=brain_mask_argument,
         per_patient=PATCHES["per_patient"],
         size=PATCHES["size"],
         out_dir=lambda wildcards, output: os.path.dirname(output.info),
-    log:
-        "results/logs/prepare/{patient}.log",
-    benchmark:
-        "results/benchmarks/prepare/{patient}.tsv"
-    resources:
-        mem_mb=4000,
-        runtime=15,
     shell:
         "dpmra prepare --patient {wildcards.patient} --image {input.image} --label {input.label} "
         "{params.brain_mask} --patches-per-patient {params.per_patient} --patch-size {params.size} "

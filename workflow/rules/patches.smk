@@ -5,17 +5,19 @@ rule patches:
         brain_mask="results/data/{patient}/brain_mask.nii.gz",
     output:
         "results/patches/{patient}.npz",
-    params:
-        per_patient=PATCHES["per_patient"],
-        size=PATCHES["size"],
-        seed=PATCHES["seed"],
     log:
         "results/logs/patches/{patient}.log",
     benchmark:
         "results/benchmarks/patches/{patient}.tsv"
+    conda:
+        "../../envs/base.yaml"
     resources:
         mem_mb=4000,
         runtime=15,
+    params:
+        per_patient=PATCHES["per_patient"],
+        size=PATCHES["size"],
+        seed=PATCHES["seed"],
     shell:
         "dpmra patches --patient {wildcards.patient} --image {input.image} --label {input.label} "
         "--brain-mask {input.brain_mask} --patches-per-patient {params.per_patient} "
@@ -33,13 +35,15 @@ rule training_set:
             category="Data",
             subcategory="Patches",
         ),
-    params:
-        size=PATCHES["size"],
-        per_patient=PATCHES["per_patient"],
     log:
         "results/logs/training_set.log",
+    conda:
+        "../../envs/base.yaml"
     resources:
         mem_mb=8000,
         runtime=15,
+    params:
+        size=PATCHES["size"],
+        per_patient=PATCHES["per_patient"],
     shell:
         "dpmra training-set {input} --out {output.train_set} --gallery {output.gallery} > {log} 2>&1"
