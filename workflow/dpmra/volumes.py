@@ -149,7 +149,7 @@ def patch_fits(shape: tuple[int, ...], size: int) -> np.ndarray:
 
     A patch centred at (x, y) covers x - size//2 .. x - size//2 + size - 1 (and likewise in y).
     """
-    fits = np.zeros(shape, dtype=bool)
+    fits = np.zeros(shape, dtype=bool, order="F")
     half = size // 2
     if shape[0] >= size and shape[1] >= size:
         fits[half : shape[0] - size + half + 1, half : shape[1] - size + half + 1, :] = True
