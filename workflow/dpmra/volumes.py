@@ -216,9 +216,12 @@ def write_atomic(path: Path, write) -> None:
 
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write a NIfTI volume (spatial units mm) atomically."""
+    """Write a NIfTI volume atomically, in the array's dtype, with the affine as scanner qform and sform, in mm."""
     img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm")
+    img.set_data_dtype(data.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
     write_atomic(path, lambda tmp: nib.save(img, str(tmp)))
 
 
