@@ -12,6 +12,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/patches.smk"
+include: "workflow/rules/gan.smk"
 
 
 rule all:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import save, toy_subject
+
+from dpmra.gan import sample_generator
+from dpmra.privacy import epsilon
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -47,7 +52,10 @@ def test_dry_run_default_config(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config/config.yaml"))
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
-    assert counts == {"phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "all": 1}
+    assert counts == {"phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "all": 1}
+    assert {"sigma~inf/seed~0", "sigma~0.6986/seed~0", "sigma~1.548/seed~0"} <= {
+        line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
+    }
 
 
 def test_bad_config_is_rejected_at_start(tmp_path):
@@ -140,6 +148,25 @@ def test_tiny_run_patches_and_training_set(tiny_run):
     assert set(np.unique(x[:, 1]).tolist()) == {-1.0, 1.0}
     assert (tiny_run / "patches/gallery.png").stat().st_size > 1000
     assert (tiny_run / "logs/training_set.log").read_text().count("training set: 120 pairs") == 1
+
+
+@pytest.mark.workflow
+def test_tiny_run_gans(tiny_run):
+    n, q, steps = 120, 32 / 120, 2 * 5 * 4
+    for sigma, expected in (("inf", math.inf), ("1", epsilon(1.0, q, steps, 1 / n))):
+        run = tiny_run / f"gan/sigma~{sigma}/seed~0"
+        table = pd.read_csv(run / "epochs.tsv", sep="\t")
+        assert table.columns[:8].tolist() == [
+            "epoch", "critic_steps", "loss_d", "loss_g", "wasserstein", "epsilon_rdp", "epsilon_prv", "seconds"
+        ]
+        assert table["epoch"].tolist() == [1, 2] and table["critic_steps"].tolist() == [steps // 2, steps]
+        assert table["epsilon_rdp"].iloc[-1] == pytest.approx(expected)
+        assert table["epsilon_prv"].iloc[-1] <= table["epsilon_rdp"].iloc[-1]
+        samples = sample_generator(run / "generator.pt", n=5, seed=0)
+        assert samples.shape == (5, 2, 16, 16) and np.abs(samples).max() <= 1
+        assert len(list((run / "checkpoints").glob("epoch_*.pt"))) == 2
+        for name in ("loss.png", "epsilon.png", "samples/epoch_002.png"):
+            assert (run / name).stat().st_size > 1000
 
 
 @pytest.mark.workflow

@@ -45,6 +45,66 @@ def cmd_training_set(args: argparse.Namespace) -> None:
     training_set(args.patches, args.out, args.gallery)
 
 
+def cmd_epsilon(args: argparse.Namespace) -> None:
+    """Print epsilon for a planned sigma, or the sigma that meets a planned epsilon."""
+    import json
+
+    from dpmra.plan import fresh_steps
+    from dpmra.privacy import epsilon, solve_sigma
+
+    steps = args.steps if args.steps is not None else fresh_steps(args.epochs, args.sample_rate, args.n_critic)
+    sigma = args.sigma
+    if sigma is None:
+        sigma = solve_sigma(args.epsilon, args.sample_rate, steps, args.delta, args.accountant)
+    eps = epsilon(sigma, args.sample_rate, steps, args.delta, args.accountant)
+    result = {
+        "epsilon": eps,
+        "target_epsilon": args.epsilon,
+        "accountant": args.accountant,
+        "sigma": sigma,
+        "sample_rate": args.sample_rate,
+        "steps": steps,
+        "delta": args.delta,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"epsilon {eps:.4g} at delta {args.delta:.3g} ({args.accountant}) for sigma {sigma:.4g}, "
+            f"sample rate {args.sample_rate:.4g}, {steps} steps"
+        )
+
+
+def cmd_train_gan(args: argparse.Namespace) -> None:
+    """Train (or resume) one GAN."""
+    from dpmra.gan import GanParams, train_gan
+
+    params = GanParams(
+        sigma=args.sigma,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        n_critic=args.n_critic,
+        lr=args.lr,
+        clip_weight=args.clip_weight,
+        max_grad_norm=args.max_grad_norm,
+        width_g=args.width,
+        width_d=args.width,
+        latent_dim=args.latent_dim,
+        mode=args.mode,
+        seed=args.seed,
+        delta=args.delta,
+    )
+    train_gan(args.train_set, args.out, params)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a float > 0 (inf allowed)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def add_patch_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by the commands that need to know the patch plan."""
     parser.add_argument("--patches-per-patient", type=int, required=True, help="patches per patient (paper: 1000)")
@@ -88,6 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output .npz with array x (N, 2, P, P)")
     p.add_argument("--gallery", type=Path, required=True, help="output PNG of example pairs")
     p.set_defaults(func=cmd_training_set)
+
+    p = sub.add_parser("epsilon", help="epsilon of Poisson-subsampled Gaussian DP-SGD, or sigma for a target epsilon")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sigma", type=positive_float, help="noise multiplier")
+    target.add_argument("--epsilon", type=positive_float, help="target epsilon: solve for sigma")
+    p.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate q = batch / N")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="number of noisy steps (accountant charges)")
+    length.add_argument("--epochs", type=int, help="epochs of the fresh loop: n_critic * round(1/q) steps each")
+    p.add_argument("--n-critic", type=int, default=5, help="critic updates per generator iteration (with --epochs)")
+    p.add_argument("--delta", type=float, required=True)
+    p.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_epsilon)
+
+    p = sub.add_parser("train-gan", help="train (or resume) one DP-WGAN on a training set")
+    p.add_argument("--train-set", type=Path, required=True, help=".npz with x (N, 2, P, P)")
+    p.add_argument("--sigma", type=positive_float, required=True, help="noise multiplier; inf = non-private")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=32, help="expected Poisson batch size")
+    p.add_argument("--n-critic", type=int, default=5)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--clip-weight", type=float, default=0.01)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="per-sample clipping norm C")
+    p.add_argument("--width", type=int, default=96, help="generator and critic filters")
+    p.add_argument("--latent-dim", type=int, default=128)
+    p.add_argument("--mode", choices=("fresh", "paper"), default="fresh")
+    p.add_argument("--delta", type=float, help="default: 1 / N")
+    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
+    p.set_defaults(func=cmd_train_gan)
     return parser
 
 

@@ -4,6 +4,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from dpmra.manifest import check_manifest, phantom_table, read_manifest
+from dpmra.plan import gan_sigmas
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
@@ -20,10 +21,15 @@ def load_patients() -> pd.DataFrame:
 
 patients = load_patients()
 PATCHES = config["patches"]
+GAN = config["gan"]
+N_TRAIN = len(patients.index[patients["split"] == "train"]) * PATCHES["per_patient"]
+SIGMAS = gan_sigmas(GAN, N_TRAIN)
 
 
 wildcard_constraints:
     patient="|".join(patients.index),
+    sigma=r"inf|[0-9]+(\.[0-9]+)?",
+    seed=r"[0-9]+",
 
 
 def patients_in(*splits: str) -> list[str]:
@@ -56,9 +62,21 @@ def phantom_shape_argument(wildcards) -> str:
     return "--shape " + " ".join(map(str, shape)) if shape else ""
 
 
+def delta_argument(wildcards) -> str:
+    """`--delta D` where the config sets delta; none lets training use 1 / N."""
+    return f"--delta {GAN['delta']}" if GAN["delta"] else ""
+
+
+def gan_runs(pattern: str) -> list[str]:
+    """`pattern` expanded over every (sigma, seed) GAN run."""
+    return expand(pattern, sigma=SIGMAS, seed=GAN["seeds"])
+
+
 def all_targets() -> list[str]:
     """Everything the workflow builds so far."""
     return [
+        *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/generator.pt"),
+        *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epsilon.png"),
         "results/patches/train_set.npz",
         "results/patches/gallery.png",
         *expand("results/data/{patient}/mip.png", patient=patients.index),

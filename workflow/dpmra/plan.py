@@ -1,0 +1,60 @@
+"""The study's GAN runs from the config: sigma labels, and sigmas solved from target epsilons."""
+
+from __future__ import annotations
+
+import math
+
+from dpmra.privacy import solve_sigma
+
+SIGNIFICANT_DIGITS = 4
+
+
+def sigma_label(sigma: float) -> str:
+    """The wildcard value of a noise multiplier: `inf` or the shortest decimal (e.g. 0.65)."""
+    return "inf" if math.isinf(sigma) else f"{sigma:g}"
+
+
+def parse_sigma(value: float | str) -> float:
+    """A sigma from the config or a path: a positive number or `inf`."""
+    sigma = float(value)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive or inf, got {value!r}")
+    return sigma
+
+
+def round_up(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """Round up to `digits` significant digits: a larger sigma can only lower epsilon."""
+    scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale
+
+
+def iterations_per_epoch(sample_rate: float) -> int:
+    """round(1/q) generator iterations make an epoch (the paper's meaning), as in the trainer."""
+    return max(1, round(1 / sample_rate))
+
+
+def fresh_steps(epochs: int, sample_rate: float, n_critic: int) -> int:
+    """Accountant charges of `epochs` epochs in the fresh loop: one per critic update."""
+    return epochs * n_critic * iterations_per_epoch(sample_rate)
+
+
+def sigma_for_epsilon(target: float, n_train: int, gan: dict) -> float:
+    """The noise multiplier whose valid RDP bound after the configured epochs is at most `target`.
+
+    fresh: n_critic charges at sigma per generator iteration; paper: the reused batch is one charge
+    per generator iteration at sigma / sqrt(n_critic) (DESIGN.md, privacy accounting).
+    """
+    q = gan["batch_size"] / n_train
+    delta = gan["delta"] or 1 / n_train
+    if gan["mode"] == "fresh":
+        sigma = solve_sigma(target, q, fresh_steps(gan["epochs"], q, gan["n_critic"]), delta)
+    else:
+        sigma = solve_sigma(target, q, gan["epochs"] * iterations_per_epoch(q), delta) * math.sqrt(gan["n_critic"])
+    return round_up(sigma)
+
+
+def gan_sigmas(gan: dict, n_train: int) -> list[str]:
+    """Sigma labels of every GAN run: the configured sigmas, then those solved for target epsilons."""
+    sigmas = [parse_sigma(s) for s in gan["sigmas"]]
+    sigmas += [sigma_for_epsilon(float(e), n_train, gan) for e in gan["epsilons"]]
+    return list(dict.fromkeys(sigma_label(s) for s in sigmas))

@@ -1,0 +1,56 @@
+rule gan:
+    input:
+        "results/patches/train_set.npz",
+    output:
+        generator="results/gan/sigma~{sigma}/seed~{seed}/generator.pt",
+        epochs="results/gan/sigma~{sigma}/seed~{seed}/epochs.tsv",
+        loss=report(
+            "results/gan/sigma~{sigma}/seed~{seed}/loss.png",
+            caption="../report/gan_loss.rst",
+            category="GAN",
+            subcategory="Training curves",
+            labels={"sigma": "{sigma}", "seed": "{seed}", "figure": "losses"},
+        ),
+        epsilon=report(
+            "results/gan/sigma~{sigma}/seed~{seed}/epsilon.png",
+            caption="../report/gan_epsilon.rst",
+            category="GAN",
+            subcategory="Training curves",
+            labels={"sigma": "{sigma}", "seed": "{seed}", "figure": "epsilon"},
+        ),
+        samples=report(
+            f"results/gan/sigma~{{sigma}}/seed~{{seed}}/samples/epoch_{GAN['epochs']:03d}.png",
+            caption="../report/gan_samples.rst",
+            category="GAN",
+            subcategory="Samples",
+            labels={"sigma": "{sigma}", "seed": "{seed}"},
+        ),
+    params:
+        epochs=GAN["epochs"],
+        batch_size=GAN["batch_size"],
+        n_critic=GAN["n_critic"],
+        lr=GAN["lr"],
+        clip_weight=GAN["clip_weight"],
+        max_grad_norm=GAN["max_grad_norm"],
+        width=GAN["width"],
+        latent_dim=GAN["latent_dim"],
+        mode=GAN["mode"],
+        delta=delta_argument,
+        out_dir=lambda wildcards, output: os.path.dirname(output.generator),
+    conda:
+        "../../envs/torch.yaml"
+    log:
+        "results/logs/gan/sigma~{sigma}/seed~{seed}.log",
+    benchmark:
+        "results/benchmarks/gan/sigma~{sigma}/seed~{seed}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=2880,
+        gpu=1,
+    shell:
+        "dpmra train-gan --train-set {input} --sigma {wildcards.sigma} --seed {wildcards.seed} "
+        "--epochs {params.epochs} --batch-size {params.batch_size} --n-critic {params.n_critic} "
+        "--lr {params.lr} --clip-weight {params.clip_weight} --max-grad-norm {params.max_grad_norm} "
+        "--width {params.width} --latent-dim {params.latent_dim} --mode {params.mode} {params.delta} "
+        "--out {params.out_dir} > {log} 2>&1"
