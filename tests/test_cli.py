@@ -62,3 +62,20 @@ def test_epsilon_solves_sigma_from_epochs(capsys):
     assert 4.9 <= solved["epsilon"] <= 5.0 and solved["target_epsilon"] == 5
     assert main([*base, "--sigma", str(solved["sigma"]), "--steps", str(solved["steps"]), "--accountant", "prv"]) == 0
     assert json.loads(capsys.readouterr().out)["epsilon"] == pytest.approx(solved["epsilon"], rel=1e-6)
+
+
+def test_metrics_command(tmp_path, capsys):
+    truth = np.zeros((8, 8, 4), np.uint8)
+    truth[2:4, 2:4, 1] = 1
+    prediction = truth.copy()
+    prediction[2, 2, 1] = 0
+    affine = np.diag([0.5, 0.5, 0.7, 1.0])
+    nib.save(nib.Nifti1Image(truth, affine), tmp_path / "t.nii.gz")
+    nib.save(nib.Nifti1Image(prediction * 255, affine), tmp_path / "p.nii.gz")
+    assert main(["metrics", str(tmp_path / "t.nii.gz"), str(tmp_path / "p.nii.gz"), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert list(scores) == ["dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd"]
+    assert scores["dsc"] == pytest.approx(6 / 7) and scores["sensitivity"] == pytest.approx(0.75)
+    assert scores["bahd_mm"] == pytest.approx(0.5 / 8)
+    assert main(["metrics", str(tmp_path / "t.nii.gz"), str(tmp_path / "missing.nii.gz")]) == 1
+    assert "missing.nii.gz: file not found" in capsys.readouterr().err

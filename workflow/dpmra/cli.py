@@ -97,6 +97,19 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     train_gan(args.train_set, args.out, params)
 
 
+def cmd_metrics(args: argparse.Namespace) -> None:
+    """Print the segmentation metrics of one prediction against its ground truth."""
+    import json
+
+    from dpmra.metrics import score_files
+
+    scores = score_files(args.truth, args.prediction, args.mask)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print("\n".join(f"{name}\t{value:.6g}" for name, value in scores.items()))
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a float > 0 (inf allowed)."""
     value = float(text)
@@ -179,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help="default: 1 / N")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_gan)
+
+    p = sub.add_parser("metrics", help="DSC, bAHD, HD95, sensitivity, precision, AVD of one segmentation")
+    p.add_argument("truth", type=Path, help="ground-truth vessel label (NIfTI)")
+    p.add_argument("prediction", type=Path, help="binary segmentation on the same grid (NIfTI)")
+    p.add_argument("--mask", type=Path, help="brain mask: voxels outside are background in both")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_metrics)
     return parser
 
 

@@ -1,0 +1,168 @@
+"""Per-patient vessel segmentation metrics: DSC, bAHD, HD95, sensitivity, precision, AVD.
+
+Definitions, with T the ground-truth voxel set, P the predicted voxel set and d(x, S) the
+Euclidean distance in mm between the centre of voxel x and the nearest voxel centre of S
+(anisotropic voxel spacing taken into account):
+
+- dsc          2 |T & P| / (|T| + |P|)  (Dice similarity coefficient)
+- bahd_mm      (sum_{t in T} d(t, P) + sum_{p in P} d(p, T)) / (2 |T|): the balanced average
+               Hausdorff distance of Aydin et al. 2021, as the bAVD of the EvaluateSegmentation
+               tool that paper used (both directed sums are normalised by the truth size)
+- hd95_mm      max(Q95{d(t, P) : t in T}, Q95{d(p, T) : p in P}), the larger of the two directed
+               95th percentiles over voxel sets; Q95 is numpy.percentile's default (linear
+               interpolation) method. EvaluateSegmentation's HDRFDST@0.95 has a known open bug
+               that makes it inflated and run-dependent, so these values are not calibrated against it.
+- sensitivity  |T & P| / |T|             (TP / (TP + FN))
+- precision    |T & P| / |P|             (TP / (TP + FP))
+- avd          | |P| - |T| | / |T|       (absolute volume difference as a fraction of the truth
+               volume; voxel counts suffice since every voxel has the same volume)
+
+With a brain mask, voxels outside it are set to background in both T and P before anything is
+computed; distances are still measured between positions in the full voxel grid.
+
+Empty sets. Both empty is a perfect segmentation: every metric takes its perfect-agreement value.
+Otherwise a ratio with a zero denominator is NaN when its numerator is also zero (undefined) and
+inf when the numerator is positive, and the distance to an empty set is inf:
+
+    case                      dsc  bahd_mm  hd95_mm  sensitivity  precision  avd
+    T empty,     P empty      1.0  0.0      0.0      1.0          1.0        0.0
+    T empty,     P non-empty  0.0  inf      inf      NaN          0.0        inf
+    T non-empty, P empty      0.0  inf      inf      0.0          NaN        1.0
+    T non-empty, P non-empty  finite values as defined above
+
+An empty brain mask is rejected (it would silently turn every case into a perfect one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from dpmra.volumes import binary_values, check_same_grid, load_nifti
+
+METRICS = ("dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd")
+HD_PERCENTILE = 95.0
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, with x / 0 = NaN for x = 0 and inf for x > 0 (see the module table)."""
+    if denominator == 0:
+        return float("nan") if numerator == 0 else float("inf")
+    return float(numerator / denominator)
+
+
+def _distances_to(target: np.ndarray, query: np.ndarray, sampling: tuple[float, float, float]) -> np.ndarray:
+    """Distance in mm from each `query` voxel centre to the nearest voxel centre of non-empty `target`."""
+    # The exact Euclidean feature transform of the complement of `target` gives every voxel the
+    # index of its nearest zero voxel in `sampling` units; the zeros are exactly the `target`
+    # voxels, so that is the nearest target voxel centre. Only the feature transform is asked for
+    # and distances are taken at the query voxels alone, cheaper than a full-grid distance map.
+    nearest = ndimage.distance_transform_edt(~target, sampling=sampling, return_distances=False, return_indices=True)
+    query_index = np.nonzero(query)
+    offsets = np.stack([nearest[axis][query_index] - query_index[axis] for axis in range(3)], axis=-1)
+    return np.sqrt(((offsets * np.asarray(sampling)) ** 2).sum(axis=-1))
+
+
+def _set_distances(
+    truth: np.ndarray, prediction: np.ndarray, spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances d(t, P) for t in T and d(p, T) for p in P, both sets non-empty, in mm.
+
+    The transforms run on the bounding box of T | P only: every nearest neighbour lies in T or P,
+    hence inside the box, so the cropped distances equal the full-grid ones. The box's axes are
+    reordered shortest first (distances do not depend on axis order): scipy's transform runs about
+    a quarter faster with the longest axis contiguous, as on a 192 x 192 x 64 slab.
+    """
+    union = truth | prediction
+    box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(union))
+    order = tuple(int(axis) for axis in np.argsort(union[box].shape, kind="stable"))
+    truth_box = np.ascontiguousarray(truth[box].transpose(order))
+    prediction_box = np.ascontiguousarray(prediction[box].transpose(order))
+    sampling = tuple(spacing[axis] for axis in order)
+    to_prediction = _distances_to(prediction_box, truth_box, sampling)
+    to_truth = _distances_to(truth_box, prediction_box, sampling)
+    return to_prediction, to_truth
+
+
+def _check_spacing(spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Voxel spacing as three positive finite floats (mm), or ValueError."""
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must be three positive finite sizes in mm, got {spacing}")
+    return values
+
+
+def segmentation_metrics(
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    spacing: tuple[float, float, float],
+    mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The METRICS of a 3D prediction against the truth (non-zero = vessel), inside `mask` if given."""
+    truth = np.asarray(truth) != 0
+    prediction = np.asarray(prediction) != 0
+    spacing = _check_spacing(spacing)
+    if truth.ndim != 3 or prediction.shape != truth.shape:
+        raise ValueError(f"truth and prediction must be 3D of one shape, got {truth.shape} and {prediction.shape}")
+    if mask is not None:
+        mask = np.asarray(mask) != 0
+        if mask.shape != truth.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from truth shape {truth.shape}")
+        if not mask.any():
+            raise ValueError("brain mask is empty")
+        truth = truth & mask
+        prediction = prediction & mask
+
+    n_truth = int(truth.sum())
+    n_prediction = int(prediction.sum())
+    n_both = int((truth & prediction).sum())
+    if n_truth == 0 and n_prediction == 0:
+        return dict(zip(METRICS, (1.0, 0.0, 0.0, 1.0, 1.0, 0.0)))
+    if n_truth == 0 or n_prediction == 0:
+        bahd = hd95 = float("inf")
+    else:
+        to_prediction, to_truth = _set_distances(truth, prediction, spacing)
+        bahd = float((to_prediction.sum() + to_truth.sum()) / (2 * n_truth))
+        # numpy.percentile's default method: linear interpolation between order statistics.
+        hd95 = float(max(np.percentile(to_prediction, HD_PERCENTILE), np.percentile(to_truth, HD_PERCENTILE)))
+    values = (
+        _ratio(2 * n_both, n_truth + n_prediction),
+        bahd,
+        hd95,
+        _ratio(n_both, n_truth),
+        _ratio(n_both, n_prediction),
+        _ratio(abs(n_prediction - n_truth), n_truth),
+    )
+    return dict(zip(METRICS, values))
+
+
+def _binary_data(img: nib.Nifti1Image, path: Path, what: str, allow_empty: bool) -> np.ndarray:
+    """The {0,1} data of a volume stored as {0,1} or {0,255}; VolumeError naming the file otherwise."""
+    data = np.asarray(img.dataobj)
+    if allow_empty and not data.any():
+        return np.zeros(data.shape, np.uint8)
+    return binary_values(data, path, what)
+
+
+def score_files(truth: Path, prediction: Path, mask: Path | None = None) -> dict[str, float]:
+    """The METRICS of a predicted vessel NIfTI against the truth NIfTI, inside the brain-mask NIfTI if given.
+
+    All files must share the truth's shape and affine; the spacing comes from the truth's affine.
+    Truth and prediction may be empty (see the module table); the mask may not.
+    """
+    paths = {"truth": Path(truth), "prediction": Path(prediction)}
+    if mask is not None:
+        paths["mask"] = Path(mask)
+    images = {key: load_nifti(path) for key, path in paths.items()}
+    for key in list(paths)[1:]:
+        check_same_grid(images["truth"], paths["truth"], images[key], paths[key])
+    truth_data = _binary_data(images["truth"], paths["truth"], "vessel label", allow_empty=True)
+    prediction_data = _binary_data(images["prediction"], paths["prediction"], "prediction", allow_empty=True)
+    mask_data = None
+    if mask is not None:
+        mask_data = _binary_data(images["mask"], paths["mask"], "brain mask", allow_empty=False)
+    spacing = tuple(float(s) for s in nib.affines.voxel_sizes(images["truth"].affine))
+    return segmentation_metrics(truth_data, prediction_data, spacing, mask_data)
