@@ -1,0 +1,210 @@
+"""GAN training: outputs, the non-private baseline, paper mode, and kill-and-resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpmra import checkpoint, gan
+from dpmra.dpsgd import NORM_RTOL
+from dpmra.gan import COLUMNS, GanParams, WganTrainer, load_training_set, sample_generator, train_gan
+
+PATCH = 16
+N = 48
+TINY = GanParams(sigma=1.0, epochs=2, batch_size=8, width_g=4, width_d=4, latent_dim=8, seed=3)
+
+
+def synthetic_patches(n: int, p: int, seed: int = 0) -> np.ndarray:
+    """Bright discs (the 'vessels', labelled 1) on noise; image scaled to [-1, 1] per patch."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:p, :p]
+    x = np.empty((n, 2, p, p), np.float32)
+    for i in range(n):
+        cy, cx = rng.uniform(0.25 * p, 0.75 * p, 2)
+        label = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(0.1 * p, 0.2 * p) ** 2
+        image = 0.3 * rng.standard_normal((p, p)) + 2.0 * label
+        x[i, 0] = 2 * (image - image.min()) / (image.max() - image.min()) - 1
+        x[i, 1] = np.where(label, 1.0, -1.0)
+    return x
+
+
+@pytest.fixture(scope="module")
+def train_set(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.npz"
+    np.savez(path, x=synthetic_patches(N, PATCH))
+    return path
+
+
+def final_state(out_dir: Path) -> dict:
+    return checkpoint.load(checkpoint.latest_epoch_checkpoint(out_dir / "checkpoints"))
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    """Same counters, accountant, rows (but wall time) and bit-identical weights and optimisers."""
+    for key in ("epoch", "critic_steps", "generator_steps", "accountant"):
+        assert a[key] == b[key], key
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a["rows"]) == strip(b["rows"])
+    for net in ("generator", "critic"):
+        for name, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][name]), f"{net}.{name}"
+    for opt in ("opt_g", "opt_d"):
+        for pid, state in a[opt]["state"].items():
+            assert torch.equal(state["square_avg"], b[opt]["state"][pid]["square_avg"])
+
+
+def test_non_private_run_writes_outputs_and_critic_learns(train_set: Path, tmp_path: Path) -> None:
+    params = replace(TINY, sigma=math.inf, epochs=3)
+    train_gan(train_set, tmp_path, params)
+    table = pd.read_csv(tmp_path / "epochs.tsv", sep="\t")
+    assert list(table.columns) == COLUMNS
+    assert table["epoch"].tolist() == [1, 2, 3]
+    assert table["critic_steps"].tolist() == [30, 60, 90]  # round(1/q) = 6 iterations x 5 critic updates
+    assert np.isinf(table[["epsilon_rdp", "epsilon_prv"]].to_numpy()).all()
+    # the critic's Wasserstein estimate D(real) - D(fake) grows as it learns to separate them
+    assert table["wasserstein"].iloc[-1] > table["wasserstein"].iloc[0] > 0
+    np.testing.assert_allclose(table["loss_d"], -table["wasserstein"])
+    for name in ("loss.png", "epsilon.png", "generator.pt", "samples/epoch_001.png", "samples/epoch_003.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch_001.pt",
+        "epoch_002.pt",
+        "epoch_003.pt",
+    ]
+    stored = checkpoint.load(tmp_path / "generator.pt")
+    assert stored["epsilon"]["epsilon_rdp"] == math.inf
+    assert stored["params"]["sigma"] == math.inf
+    samples = sample_generator(tmp_path / "generator.pt", 5, seed=1)
+    assert samples.shape == (5, 2, PATCH, PATCH) and samples.dtype == np.float32
+    assert samples.min() >= -1 and samples.max() <= 1
+    np.testing.assert_array_equal(samples, sample_generator(tmp_path / "generator.pt", 5, seed=1))
+
+
+def test_kill_and_resume_matches_uninterrupted(train_set: Path, tmp_path: Path, monkeypatch) -> None:
+    """Bit-identical on CPU (GPU kernels need not be deterministic)."""
+    monkeypatch.setattr(gan, "default_device", lambda: torch.device("cpu"))
+    whole, staged, killed = tmp_path / "whole", tmp_path / "staged", tmp_path / "killed"
+    train_gan(train_set, whole, TINY)
+    reference = final_state(whole)
+    assert reference["critic_steps"] == 2 * 6 * 5
+
+    # stopped cleanly after epoch 1, then asked for 2 epochs
+    train_gan(train_set, staged, replace(TINY, epochs=1))
+    train_gan(train_set, staged, TINY)
+    assert_same_training(final_state(staged), reference)
+
+    # killed in the middle of epoch 2: that epoch is redone from the epoch-1 checkpoint
+    original = WganTrainer.generator_iteration
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(self):
+        calls["n"] += 1
+        if calls["n"] == 6 + 3:
+            raise KeyboardInterrupt("killed")
+        return original(self)
+
+    monkeypatch.setattr(WganTrainer, "generator_iteration", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(train_set, killed, TINY)
+    assert checkpoint.latest_epoch_checkpoint(killed / "checkpoints").name == "epoch_001.pt"
+    monkeypatch.setattr(WganTrainer, "generator_iteration", original)
+    train_gan(train_set, killed, TINY)
+    resumed = final_state(killed)
+    assert_same_training(resumed, reference)
+    table = pd.read_csv(killed / "epochs.tsv", sep="\t")
+    assert table["epoch"].tolist() == [1, 2]
+    assert resumed["accountant"]["valid"]["history"] == [[1.0, 8 / N, 60]]
+    torch.testing.assert_close(
+        checkpoint.load(killed / "generator.pt")["state_dict"],
+        checkpoint.load(whole / "generator.pt")["state_dict"],
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_resume_refuses_other_parameters(train_set: Path, tmp_path: Path) -> None:
+    train_gan(train_set, tmp_path, replace(TINY, epochs=1))
+    with pytest.raises(ValueError, match="sigma"):
+        train_gan(train_set, tmp_path, replace(TINY, sigma=2.0))
+
+
+def test_paper_mode_reports_both_epsilons(train_set: Path, tmp_path: Path) -> None:
+    train_gan(train_set, tmp_path, replace(TINY, mode="paper", epochs=1))
+    table = pd.read_csv(tmp_path / "epochs.tsv", sep="\t")
+    assert list(table.columns) == COLUMNS + ["epsilon_rdp_paper"]
+    row = table.iloc[-1]
+    assert row["critic_steps"] == 30
+    assert np.isfinite(row[["epsilon_rdp", "epsilon_prv", "epsilon_rdp_paper"]].astype(float)).all()
+    assert row["epsilon_rdp"] >= row["epsilon_rdp_paper"]
+    history = final_state(tmp_path)["accountant"]
+    assert history["valid"]["history"] == [[1.0 / math.sqrt(5), 8 / N, 6]]
+    assert history["paper"]["history"] == [[1.0, 8 / N, 60]]
+
+
+def test_fresh_update_privatises_only_the_real_term(train_set: Path, monkeypatch) -> None:
+    """Critic gradient = sum of clipped real-sample gradients / expected batch + plain fake-term gradient."""
+    params = replace(TINY, max_grad_norm=1e-3)
+    trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"))
+    trainer.dp.noise_multiplier = 0.0
+    real = trainer.data[:5]
+    before = copy.deepcopy(trainer.critic)
+    seen: dict = {}
+    draw_fakes = trainer.fakes
+    monkeypatch.setattr(trainer, "poisson_batch", lambda: real)
+    monkeypatch.setattr(trainer, "fakes", lambda: seen.setdefault("fake", draw_fakes()))
+    monkeypatch.setattr(
+        trainer.opt_d,
+        "step",
+        lambda: seen.setdefault("grads", [p.grad.clone() for p in trainer.critic.parameters()]),
+    )
+    trainer.critic_update_fresh()
+
+    params_before = list(before.parameters())
+    expected = list(torch.autograd.grad(before(seen["fake"]).mean(), params_before))
+    clipped = 0
+    for x in real:
+        grads = torch.autograd.grad(-before(x[None]).sum(), params_before)
+        norm = torch.sqrt(sum(g.double().pow(2).sum() for g in grads)).item()
+        factor = min(1.0, params.max_grad_norm / (1 + NORM_RTOL) / norm)
+        clipped += factor < 1
+        for e, g in zip(expected, grads):
+            e += factor * g / trainer.expected_batch
+    assert clipped > 0
+    for got, want in zip(seen["grads"], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-8)
+
+
+def test_empty_poisson_batch_is_noise_plus_fake_term(train_set: Path, monkeypatch) -> None:
+    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"))
+    monkeypatch.setattr(trainer, "poisson_batch", lambda: trainer.data[:0])
+    before = [p.detach().clone() for p in trainer.critic.parameters()]
+    assert math.isnan(trainer.critic_update_fresh())
+    assert trainer.critic_steps == 1
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.critic.parameters()))
+    assert all(p.abs().max() <= TINY.clip_weight for p in trainer.critic.parameters())
+
+
+def test_poisson_batches_have_rate_q(train_set: Path) -> None:
+    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"))
+    sizes = [trainer.poisson_batch().shape[0] for _ in range(2000)]
+    assert np.mean(sizes) == pytest.approx(TINY.batch_size, rel=0.05)
+    assert np.var(sizes) == pytest.approx(N * (8 / N) * (1 - 8 / N), rel=0.15)
+
+
+def test_training_set_contract(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 1, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        load_training_set(bad)
+    np.savez(bad, x=np.full((4, 2, 16, 16), 2.0, np.float32))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        load_training_set(bad)
+    with pytest.raises(ValueError, match="mode"):
+        GanParams(mode="other")

@@ -1,0 +1,48 @@
+"""Atomic checkpoint files: write to a temporary file, then rename over the target.
+
+A run killed while writing leaves the previous file intact, never a truncated one.
+Checkpoints hold only tensors and plain Python values, so they load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to ``path`` via a temporary file in the same directory and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint written by ``save_atomic`` (tensors and plain values only)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def epoch_path(directory: Path, epoch: int) -> Path:
+    """``directory/epoch_{epoch:03d}.pt``."""
+    return Path(directory) / f"epoch_{epoch:03d}.pt"
+
+
+def latest_epoch_checkpoint(directory: Path) -> Path | None:
+    """The ``epoch_*.pt`` file with the highest epoch number in ``directory``, if any."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _EPOCH_FILE.fullmatch(p.name))]
+    return max(found)[1] if found else None

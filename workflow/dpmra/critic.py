@@ -1,0 +1,71 @@
+"""The WGAN critic: an image-label patch pair to one realness score per sample.
+
+Six 4x4 convolutions with stride 2 (padding 2 for convs 1-5, padding 1 for the sixth,
+as in the paper's public code, so a 96 x 96 input ends in a 2 x 2 map), LeakyReLU 0.2,
+InstanceNorm (no affine parameters) after convs 2-5. The score is the mean of the final
+map. No BatchNorm: DP-SGD needs per-sample gradients, and BatchNorm mixes samples.
+Activations are not in place, so the DP engine can read each layer's output gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KERNEL = 4
+STRIDE = 2
+PADDINGS = (2, 2, 2, 2, 2, 1)
+NORMED = (False, True, True, True, True)
+
+
+def conv_out_size(size: int, padding: int) -> int:
+    """Spatial size after one 4x4 stride-2 convolution with the given padding."""
+    return (size + 2 * padding - KERNEL) // STRIDE + 1
+
+
+def map_sizes(patch_size: int) -> list[int]:
+    """Spatial size after each of the six convolutions."""
+    sizes = [patch_size]
+    for padding in PADDINGS:
+        sizes.append(conv_out_size(sizes[-1], padding))
+    return sizes[1:]
+
+
+class Critic(nn.Module):
+    """(B, 2, P, P) -> (B,) WGAN critic scores."""
+
+    def __init__(self, patch_size: int = 96, width: int = 96, in_channels: int = 2) -> None:
+        super().__init__()
+        sizes = map_sizes(patch_size)
+        if sizes[-1] < 1 or any(s < 2 for s, normed in zip(sizes, NORMED) if normed):
+            raise ValueError(
+                f"patch_size {patch_size} is too small for the critic: map sizes {sizes} "
+                "(InstanceNorm needs >= 2 x 2, the output >= 1 x 1)"
+            )
+        if width < 1:
+            raise ValueError(f"width must be positive, got {width}")
+        self.patch_size = patch_size
+        self.width = width
+        channels = [in_channels, width, 2 * width, 4 * width, 8 * width, 8 * width, 1]
+        layers: list[nn.Module] = []
+        for i, padding in enumerate(PADDINGS):
+            last = i == len(PADDINGS) - 1
+            normed = not last and NORMED[i]
+            layers.append(nn.Conv2d(channels[i], channels[i + 1], KERNEL, STRIDE, padding, bias=not normed))
+            if normed:
+                layers.append(nn.InstanceNorm2d(channels[i + 1], affine=False))
+            if not last:
+                layers.append(nn.LeakyReLU(0.2))
+        self.net = nn.Sequential(*layers)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DCGAN initialisation: conv weights N(0, 0.02), biases 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).mean(dim=(1, 2, 3))

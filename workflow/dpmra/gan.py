@@ -1,0 +1,527 @@
+"""Training a Wasserstein GAN on image-label patches, privately (DP-SGD on the critic) or not.
+
+The stage behind ``results/gan/sigma~{sigma}/seed~{seed}/``. Two critic loops:
+
+- ``fresh`` (default): every critic update draws its own Poisson batch (rate q = batch/N);
+  only the real-data term of the critic loss D(fake) - D(real) is privatised (per-sample
+  clip to C, one Gaussian draw of std sigma C, divided by the expected batch size), the
+  fake-data term is added without noise. One accountant charge per critic update.
+- ``paper`` (the published loop): one Poisson batch per generator iteration, reused for
+  n_critic iterations of {clipped+noised step on the real batch; clipped+noised step on a
+  fake batch; weight clipping}. Each iteration counts as one critic step. Both the
+  paper's epsilon and the bound valid for that loop are reported.
+
+sigma = inf is the non-private baseline: a plain WGAN, no clipping, no noise, epsilon inf.
+An epoch is round(1/q) generator iterations, i.e. n_critic/q critic updates (the paper's
+meaning). Fake batches always have the expected batch size: their size must not reveal
+the private batch's.
+
+The diagnostics in ``epochs.tsv`` (losses, Wasserstein estimate) are computed on private
+batches outside the DP mechanism: they are for the operator, not for release. The
+generator and its samples are covered by the reported epsilon (post-processing).
+The DP noise comes from a PRNG seeded from the run seed so that runs are reproducible.
+Whoever knows the seed (or holds a checkpoint, which stores the noise generator's state)
+can recompute the noise, and the guarantee does not hold against them: for a release,
+keep the seed and the checkpoints private.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from dpmra import checkpoint
+from dpmra.critic import Critic
+from dpmra.dpsgd import DPGradient
+from dpmra.generator import Generator
+from dpmra.privacy import TrainingAccountant
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = [
+    "epoch",
+    "critic_steps",
+    "loss_d",
+    "loss_g",
+    "wasserstein",
+    "epsilon_rdp",
+    "epsilon_prv",
+    "seconds",
+]
+PAPER_COLUMNS = ["epsilon_rdp_paper"]
+GRID_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class GanParams:
+    """Everything that defines a GAN training run (the paper's values as defaults)."""
+
+    sigma: float = math.inf
+    """Noise multiplier of the critic's DP-SGD; math.inf = non-private."""
+    epochs: int = 50
+    batch_size: int = 32
+    """Expected batch size; the Poisson sampling rate is batch_size / N."""
+    n_critic: int = 5
+    lr: float = 5e-5
+    clip_weight: float = 0.01
+    """WGAN weight clipping of the critic, after each critic update."""
+    max_grad_norm: float = 1.0
+    """Per-sample gradient clipping norm C."""
+    width_g: int = 96
+    width_d: int = 96
+    latent_dim: int = 128
+    mode: Literal["fresh", "paper"] = "fresh"
+    seed: int = 0
+    delta: float | None = None
+    """Target delta; None means 1/N."""
+    sample_every: int = 1
+    """Write a sample grid every this many epochs (and after the last)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fresh", "paper"):
+            raise ValueError(f"mode must be 'fresh' or 'paper', got {self.mode!r}")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be positive (math.inf for non-private), got {self.sigma}")
+        positive = ("epochs", "batch_size", "n_critic", "width_g", "width_d", "latent_dim", "sample_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and self.clip_weight > 0 and self.max_grad_norm > 0):
+            raise ValueError("lr, clip_weight and max_grad_norm must be positive")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.sigma)
+
+
+def default_device() -> torch.device:
+    """CUDA if available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_training_set(path: Path) -> Tensor:
+    """The ``x`` array of a training-set .npz: float32 (N, 2, P, P) in [-1, 1]."""
+    with np.load(Path(path)) as npz:
+        if "x" not in npz:
+            raise ValueError(f"{path}: no array 'x'")
+        x = npz["x"]
+    if x.ndim != 4 or x.shape[1] != 2 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
+        raise ValueError(f"{path}: 'x' must have shape (N, 2, P, P) with N >= 1, got {x.shape}")
+    if x.dtype != np.float32:
+        raise ValueError(f"{path}: 'x' must be float32, got {x.dtype}")
+    if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
+        raise ValueError(f"{path}: 'x' must be finite and within [-1, 1]")
+    return torch.from_numpy(x)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Temporarily stop gradients to a module's parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _mean(values: list[float]) -> float:
+    valid = [v for v in values if math.isfinite(v)]
+    return float(np.mean(valid)) if valid else math.nan
+
+
+def _seeds(seed: int) -> dict[str, int]:
+    """Independent seeds for the run's random streams, derived from the run seed."""
+    names = ("init", "sampler", "noise", "latent", "fixed_z")
+    values = np.random.SeedSequence(seed).generate_state(len(names), dtype=np.uint64)
+    return {name: int(v) % 2**63 for name, v in zip(names, values)}
+
+
+class WganTrainer:
+    """The models, optimisers, random streams and privacy accounting of one run.
+
+    All randomness after initialisation comes from the run's own generators (Poisson
+    sampling, DP noise, latent vectors), whose states the checkpoints hold; the global
+    RNGs are neither used nor changed.
+    """
+
+    def __init__(self, data: Tensor, params: GanParams, device: torch.device) -> None:
+        self.params = params
+        self.device = device
+        self.data = data.to(device)
+        n, _, patch, _ = data.shape
+        self.sample_rate = min(1.0, params.batch_size / n)
+        self.expected_batch = self.sample_rate * n
+        self.iterations_per_epoch = max(1, round(1 / self.sample_rate))
+        self.delta = params.delta if params.delta is not None else 1.0 / n
+        seeds = _seeds(params.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeds["init"])
+            self.generator = Generator(patch, params.width_g, params.latent_dim).to(device)
+            self.critic = Critic(patch, params.width_d).to(device)
+        self.opt_g = torch.optim.RMSprop(self.generator.parameters(), lr=params.lr)
+        self.opt_d = torch.optim.RMSprop(self.critic.parameters(), lr=params.lr)
+        self.rng = {
+            "sampler": torch.Generator().manual_seed(seeds["sampler"]),
+            "noise": torch.Generator(device).manual_seed(seeds["noise"]),
+            "latent": torch.Generator(device).manual_seed(seeds["latent"]),
+        }
+        fixed = torch.Generator().manual_seed(seeds["fixed_z"])
+        self.fixed_z = torch.randn(GRID_SAMPLES, params.latent_dim, generator=fixed).to(device)
+        self.dp = (
+            DPGradient(
+                self.critic, params.max_grad_norm, params.sigma, self.expected_batch, self.rng["noise"]
+            )
+            if params.private
+            else None
+        )
+        self.accountant = TrainingAccountant(params.sigma, self.sample_rate, params.n_critic, params.mode)
+        self.epoch = 0
+        self.critic_steps = 0
+        self.generator_steps = 0
+        self.rows: list[dict[str, float]] = []
+
+    # --- one step each -------------------------------------------------------------
+
+    def poisson_batch(self) -> Tensor:
+        """Each training pair independently with probability q (the size varies, may be 0)."""
+        mask = torch.rand(self.data.shape[0], generator=self.rng["sampler"]) < self.sample_rate
+        return self.data[mask.to(self.device)]
+
+    def fakes(self) -> Tensor:
+        """A batch of expected-batch size from the generator, detached."""
+        z = torch.randn(
+            self.params.batch_size, self.params.latent_dim, generator=self.rng["latent"], device=self.device
+        )
+        with torch.no_grad():
+            return self.generator(z)
+
+    def _privatised(self, batch: Tensor, sign: float) -> Tensor:
+        """Add the gradient of sign * mean D(batch) (privatised if DP); return D(batch) detached."""
+        if self.dp is not None:
+            return self.dp.accumulate(batch, lambda scores: sign * scores).outputs
+        if batch.shape[0] == 0:
+            return batch.new_zeros(0)
+        scores = self.critic(batch)
+        (sign * scores.mean()).backward()
+        return scores.detach()
+
+    def _finish_critic_step(self) -> None:
+        self.opt_d.step()
+        with torch.no_grad():
+            for p in self.critic.parameters():
+                p.clamp_(-self.params.clip_weight, self.params.clip_weight)
+        self.critic_steps += 1
+
+    def critic_update_fresh(self) -> float:
+        """One critic update on a fresh Poisson batch; returns D(real) - D(fake) (nan if empty)."""
+        real, fake = self.poisson_batch(), self.fakes()
+        self.opt_d.zero_grad(set_to_none=True)
+        real_scores = self._privatised(real, -1.0)
+        fake_scores = self.critic(fake)
+        fake_scores.mean().backward()
+        self._finish_critic_step()
+        return _score_gap(real_scores, fake_scores.detach())
+
+    def critic_update_paper(self, real: Tensor) -> float:
+        """One iteration of the published loop: a step on the real batch, then one on a fake batch."""
+        self.opt_d.zero_grad(set_to_none=True)
+        real_scores = self._privatised(real, -1.0)
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        fake_scores = self._privatised(self.fakes(), 1.0)
+        self._finish_critic_step()
+        return _score_gap(real_scores, fake_scores)
+
+    def generator_step(self) -> float:
+        """One generator update on -mean D(G(z)); returns that loss."""
+        z = torch.randn(
+            self.params.batch_size, self.params.latent_dim, generator=self.rng["latent"], device=self.device
+        )
+        self.opt_g.zero_grad(set_to_none=True)
+        with frozen(self.critic):
+            loss = -self.critic(self.generator(z)).mean()
+            loss.backward()
+        self.opt_g.step()
+        self.generator_steps += 1
+        return loss.item()
+
+    def generator_iteration(self) -> tuple[list[float], float]:
+        """n_critic critic updates then one generator update; returns the score gaps and loss_g."""
+        if self.params.mode == "fresh":
+            gaps = [self.critic_update_fresh() for _ in range(self.params.n_critic)]
+        else:
+            real = self.poisson_batch()
+            gaps = [self.critic_update_paper(real) for _ in range(self.params.n_critic)]
+        return gaps, self.generator_step()
+
+    # --- an epoch ------------------------------------------------------------------
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, charge the accountant, and record the epoch's row."""
+        start = time.perf_counter()
+        gaps: list[float] = []
+        losses_g: list[float] = []
+        for _ in tqdm(range(self.iterations_per_epoch), desc=f"epoch {self.epoch + 1}", leave=False):
+            g, loss_g = self.generator_iteration()
+            gaps.extend(g)
+            losses_g.append(loss_g)
+        self.accountant.charge_generator_iterations(self.iterations_per_epoch)
+        self.epoch += 1
+        wasserstein = _mean(gaps)
+        row = {
+            "epoch": self.epoch,
+            "critic_steps": self.critic_steps,
+            "loss_d": -wasserstein,
+            "loss_g": _mean(losses_g),
+            "wasserstein": wasserstein,
+            **self.accountant.epsilons(self.delta),
+            "seconds": time.perf_counter() - start,
+        }
+        self.rows.append(row)
+        return row
+
+    # --- state ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-identically (on the same device)."""
+        return {
+            "epoch": self.epoch,
+            "critic_steps": self.critic_steps,
+            "generator_steps": self.generator_steps,
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": {name: gen.get_state() for name, gen in self.rng.items()},
+            "accountant": self.accountant.state_dict(),
+            "rows": self.rows,
+            "params": asdict(self.params),
+            "generator_config": self.generator.config(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state written by ``state_dict`` of a run with the same params (epochs may differ)."""
+        _check_same_run(state["params"], self.params)
+        self.epoch = state["epoch"]
+        self.critic_steps = state["critic_steps"]
+        self.generator_steps = state["generator_steps"]
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        for name, gen in self.rng.items():
+            gen.set_state(state["rng"][name].cpu())  # generator states are CPU byte tensors
+        self.accountant.load_state_dict(state["accountant"])
+        self.rows = [dict(r) for r in state["rows"]]
+
+    @torch.no_grad()
+    def sample_fixed(self) -> np.ndarray:
+        """The generator's output on the run's fixed latent vectors (eval mode)."""
+        self.generator.eval()
+        try:
+            return self.generator(self.fixed_z).cpu().numpy()
+        finally:
+            self.generator.train()
+
+
+def _score_gap(real_scores: Tensor, fake_scores: Tensor) -> float:
+    """mean D(real) - mean D(fake), the critic's Wasserstein estimate; nan for an empty real batch."""
+    if real_scores.numel() == 0:
+        return math.nan
+    return (real_scores.mean() - fake_scores.mean()).item()
+
+
+def _check_same_run(stored: dict, params: GanParams) -> None:
+    """Refuse to resume a checkpoint written with different settings (other than epochs)."""
+    current = asdict(params)
+    differ = [
+        f.name for f in fields(GanParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]
+    ]
+    if differ:
+        details = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
+        raise ValueError(f"checkpoint is from a run with different parameters ({details})")
+
+
+# --- outputs -----------------------------------------------------------------------
+
+
+def write_epochs_table(rows: list[dict[str, float]], path: Path, paper: bool) -> None:
+    """epochs.tsv: the fixed columns (plus the paper's epsilon in paper mode), one row per epoch."""
+    columns = COLUMNS + (PAPER_COLUMNS if paper else [])
+    table = pd.DataFrame(rows, columns=columns)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_csv(tmp, sep="\t", index=False)
+    tmp.replace(path)
+
+
+def plot_losses(rows: list[dict[str, float]], path: Path) -> None:
+    """loss.png: critic and generator losses and the Wasserstein estimate per epoch."""
+    table = pd.DataFrame(rows)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for column in ("loss_d", "loss_g", "wasserstein"):
+        ax.plot(table["epoch"], table[column], marker=".", label=column)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (epoch mean)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_epsilon(rows: list[dict[str, float]], path: Path, delta: float) -> None:
+    """epsilon.png: epsilon per epoch by each accountant (nothing to draw for sigma = inf)."""
+    table = pd.DataFrame(rows)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    labels = {
+        "epsilon_rdp": "RDP (bound for the loop run)",
+        "epsilon_prv": "PRV (bound for the loop run)",
+        "epsilon_rdp_paper": "RDP, the paper's accounting",
+    }
+    for column, label in labels.items():
+        if column in table and np.isfinite(table[column]).any():
+            ax.plot(table["epoch"], table[column], marker=".", label=label)
+    if not np.isfinite(table["epsilon_rdp"]).any():
+        ax.text(0.5, 0.5, "non-private: epsilon = inf", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"epsilon (delta = {delta:.2g})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_samples(pairs: np.ndarray, path: Path, title: str, columns: int = 4) -> None:
+    """A grid of image-label pairs (image left, label right), values in [-1, 1]."""
+    n, _, p, _ = pairs.shape
+    rows = math.ceil(n / columns)
+    gap = max(1, p // 16)
+    canvas = np.full((rows * (p + gap), columns * (2 * p + 2 * gap)), -1.0, dtype=np.float32)
+    for k, (image, label) in enumerate(pairs):
+        r, c = divmod(k, columns)
+        top, left = r * (p + gap), c * (2 * p + 2 * gap)
+        canvas[top : top + p, left : left + p] = image
+        canvas[top : top + p, left + p + gap : left + 2 * p + gap] = label
+    fig = Figure(figsize=(2 * columns, rows + 0.6))
+    ax = fig.subplots()
+    ax.imshow(canvas, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _epsilon_text(row: dict[str, float], delta: float) -> str:
+    eps = row["epsilon_rdp"]
+    shown = "inf" if math.isinf(eps) else f"{eps:.2f}"
+    return f"epoch {row['epoch']}: epsilon = {shown} (RDP, delta = {delta:.2g})"
+
+
+def write_generator(trainer: WganTrainer, path: Path) -> None:
+    """generator.pt: weights, constructor args, epsilon and run parameters (weights_only-loadable)."""
+    last = trainer.rows[-1]
+    epsilons = {k: last[k] for k in ("epsilon_rdp", "epsilon_prv", *PAPER_COLUMNS) if k in last}
+    checkpoint.save_atomic(
+        {
+            "state_dict": {k: v.cpu() for k, v in trainer.generator.state_dict().items()},
+            "config": trainer.generator.config(),
+            "epsilon": epsilons,
+            "delta": trainer.delta,
+            "epochs": trainer.epoch,
+            "critic_steps": trainer.critic_steps,
+            "params": asdict(trainer.params),
+        },
+        path,
+    )
+
+
+# --- the stage ---------------------------------------------------------------------
+
+
+def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
+    """Train (or resume) a WGAN on ``train_set`` and write checkpoints, tables, plots, generator.pt.
+
+    Resumes from the last ``out_dir/checkpoints/epoch_*.pt``; a run killed mid-epoch
+    redoes that epoch.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    device = default_device()
+    trainer = WganTrainer(load_training_set(train_set), params, device)
+    latest = checkpoint.latest_epoch_checkpoint(ckpt_dir)
+    if latest is not None:
+        trainer.load_state_dict(checkpoint.load(latest, map_location=device))
+        logger.info("resuming from %s (epoch %d)", latest, trainer.epoch)
+    if trainer.epoch > params.epochs:
+        raise ValueError(f"{latest} is at epoch {trainer.epoch}, beyond the requested {params.epochs} epochs")
+    paper = params.mode == "paper"
+    write_epochs_table(trainer.rows, out_dir / "epochs.tsv", paper)
+    epochs = tqdm(
+        range(trainer.epoch, params.epochs), desc="epochs", initial=trainer.epoch, total=params.epochs
+    )
+    for _ in epochs:
+        row = trainer.run_epoch()
+        checkpoint.save_atomic(trainer.state_dict(), checkpoint.epoch_path(ckpt_dir, trainer.epoch))
+        write_epochs_table(trainer.rows, out_dir / "epochs.tsv", paper)
+        if trainer.epoch % params.sample_every == 0 or trainer.epoch == params.epochs:
+            path = out_dir / "samples" / f"epoch_{trainer.epoch:03d}.png"
+            plot_samples(trainer.sample_fixed(), path, _epsilon_text(row, trainer.delta))
+        logger.info(
+            "epoch %d/%d: critic_steps=%d loss_d=%.4g loss_g=%.4g wasserstein=%.4g "
+            "epsilon_rdp=%.3g epsilon_prv=%.3g (%.1f s)",
+            row["epoch"],
+            params.epochs,
+            row["critic_steps"],
+            row["loss_d"],
+            row["loss_g"],
+            row["wasserstein"],
+            row["epsilon_rdp"],
+            row["epsilon_prv"],
+            row["seconds"],
+        )
+    if not trainer.rows:
+        raise ValueError("no epoch was trained")
+    plot_losses(trainer.rows, out_dir / "loss.png")
+    plot_epsilon(trainer.rows, out_dir / "epsilon.png", trainer.delta)
+    write_generator(trainer, out_dir / "generator.pt")
+
+
+def load_generator(generator_path: Path, device: torch.device | None = None) -> Generator:
+    """Rebuild the generator stored in a generator.pt, in eval mode."""
+    stored = checkpoint.load(generator_path)
+    generator = Generator(**stored["config"])
+    generator.load_state_dict(stored["state_dict"])
+    return generator.to(device or default_device()).eval()
+
+
+@torch.no_grad()
+def sample_generator(generator_path: Path, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
+    """n generated pairs, float32 (n, 2, P, P) in [-1, 1], deterministic from the seed."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    device = default_device()
+    generator = load_generator(generator_path, device)
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator.latent_dim, generator=rng)
+    p = generator.patch_size
+    out = np.empty((n, 2, p, p), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        out[start : start + batch_size] = generator(z[start : start + batch_size].to(device)).cpu().numpy()
+    return out
