@@ -1,0 +1,116 @@
+"""The half U-Net: shapes, input checks, parameter count, and the soft Dice loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpmra.unet import UNet, dice_loss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks run fastest single-threaded; extra threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("size", [16, 32, 96])
+@pytest.mark.parametrize("width", [2, 4])
+def test_output_is_a_probability_map_of_the_input_size(size: int, width: int) -> None:
+    torch.manual_seed(0)
+    model = UNet(base_width=width, dropout=0.1).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, size, size))
+    assert out.shape == (3, 1, size, size)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_rectangular_inputs_divisible_by_16_work() -> None:
+    out = UNet(base_width=2)(torch.randn(1, 1, 16, 48))
+    assert out.shape == (1, 1, 16, 48)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 20, 20), (1, 1, 16, 20), (1, 2, 16, 16), (1, 16, 16)])
+def test_bad_input_shapes_raise(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="UNet"):
+        UNet(base_width=2)(torch.randn(*shape))
+
+
+def test_p20_message_names_the_multiple() -> None:
+    with pytest.raises(ValueError, match="not divisible by 16"):
+        UNet(base_width=2)(torch.randn(1, 1, 20, 20))
+
+
+@pytest.mark.parametrize("kwargs", [{"base_width": 0}, {"dropout": 1.0}, {"dropout": -0.1}])
+def test_bad_constructor_args_raise(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        UNet(**kwargs)
+
+
+def hand_count(w: int) -> int:
+    """Parameters of the half U-Net by hand: nine two-conv blocks plus the 1x1 head."""
+
+    def block(c_in: int, c_out: int) -> int:
+        return 9 * c_in * c_out + c_out + 9 * c_out * c_out + c_out
+
+    down = block(1, w) + block(w, 2 * w) + block(2 * w, 4 * w) + block(4 * w, 8 * w)
+    bottom = block(8 * w, 16 * w)
+    up = block(24 * w, 8 * w) + block(12 * w, 4 * w) + block(6 * w, 2 * w) + block(3 * w, w)
+    return down + bottom + up + w + 1
+
+
+@pytest.mark.parametrize("width", [4, 32])
+def test_parameter_count_matches_the_hand_count(width: int) -> None:
+    model = UNet(base_width=width)
+    assert sum(p.numel() for p in model.parameters()) == hand_count(width)
+
+
+def test_paper_widths_give_7_8_million_parameters() -> None:
+    assert hand_count(32) == 7_846_081
+    widths = [m.out_channels for m in UNet(base_width=32).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths[:10:2] == [32, 64, 128, 256, 512]
+
+
+def test_dropout_sits_between_the_two_convs_of_every_block() -> None:
+    model = UNet(base_width=2, dropout=0.3)
+    blocks = [*model.down, model.bottom, *model.up]
+    assert len(blocks) == 9
+    for block in blocks:
+        kinds = [type(layer).__name__ for layer in block]
+        assert kinds == ["Conv2d", "ReLU", "Dropout", "Conv2d", "ReLU"]
+        assert block[2].p == 0.3
+
+
+def test_config_rebuilds_the_model() -> None:
+    model = UNet(base_width=3, dropout=0.2)
+    assert UNet(**model.config()).config() == {"base_width": 3, "dropout": 0.2}
+
+
+def test_dice_loss_perfect_prediction_is_zero() -> None:
+    target = torch.zeros(2, 1, 4, 4)
+    target[:, :, 1:3, 1:3] = 1
+    assert dice_loss(target.clone(), target).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_dice_loss_disjoint_prediction_is_nearly_one() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :4, :] = 1
+    prob = 1 - target
+    # 1 - (0 + 1) / (32 + 32 + 1)
+    assert dice_loss(prob, target).item() == pytest.approx(1 - 1 / 65)
+
+
+def test_dice_loss_hand_computed_soft_case_is_over_the_whole_batch() -> None:
+    prob = torch.tensor([0.5, 0.5, 0.0, 1.0]).view(2, 1, 1, 2)
+    target = torch.tensor([1, 0, 0, 1], dtype=torch.uint8).view(2, 1, 1, 2)
+    # intersection 1.5, sums 2 and 2: 1 - (3 + 1) / (4 + 1)
+    assert dice_loss(prob, target).item() == pytest.approx(0.2)
+    assert dice_loss(prob, target, eps=0.0).item() == pytest.approx(0.25)
+
+
+def test_dice_loss_of_empty_target_and_prediction_is_zero() -> None:
+    zeros = torch.zeros(1, 1, 4, 4)
+    assert dice_loss(zeros, zeros).item() == pytest.approx(0.0)

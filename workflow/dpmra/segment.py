@@ -1,0 +1,482 @@
+"""U-Net stage: train the half U-Net on (real or synthetic) patches, and predict whole volumes.
+
+Training (``train_unet``) follows the paper's public Keras code (Livne et al. 2019): inputs
+normalised with the training patches' mean and standard deviation (one scalar each, stored
+with the model), soft Dice loss, Adam. Augmentation, when on, draws per sample a rotation of
+up to 30 degrees, a shear of up to 20 degrees and a vertical flip (probability 1/2; in Keras'
+sense: the patch array's first axis reversed), composed into one affine map applied with
+``F.affine_grid``/``F.grid_sample`` to the normalised image (bilinear) and to the label
+(bilinear, then thresholded at 0.5 so it stays binary; the same map, so image and label
+stay aligned). Pixels mapped from outside the patch are 0, i.e. the
+training mean for the image (the Keras code filled its normalised patches with 0 too) and
+background for the label. An epoch is one pass over the shuffled patches.
+
+Randomness: three streams from the seed: the global torch stream (weight initialisation and
+dropout), a shuffle generator and an augmentation generator (both on the CPU). All three are
+in the checkpoint, so a killed run resumes exactly where it stopped. On the CPU, runs are
+bit-identical from the seed (and resumed equals uninterrupted); CUDA's convolution and
+upsampling gradients use atomic adds, so GPU repeats differ in the last bits. Only the
+latest checkpoint is kept: one holds the weights and Adam's two moments (about 94 MB at
+base width 32), and the study trains hundreds of U-Nets.
+
+Prediction (``predict_volume``) works slice by slice on a prepared (RAS) volume: each axial
+slice's brain bounding box is tiled with P x P patches, the last tile along an axis shifted
+back to end at the box edge (overlaps averaged); slices narrower than P are zero-padded at
+the far edge (0 = the volumes' darkest intensity) and cropped back. Patches from all slices
+go through the network in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+from torch import Tensor
+from tqdm import tqdm
+
+from dpmra import checkpoint
+from dpmra.unet import MULTIPLE, UNet, dice_loss
+from dpmra.volumes import (
+    AFFINE_ATOL_MM,
+    VolumeError,
+    binary_values,
+    check_same_grid,
+    load_nifti,
+    save_nifti,
+    write_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+TRAINING_COLUMNS = ["epoch", "loss", "seconds"]
+ROTATION_DEGREES = 30.0
+SHEAR_DEGREES = 20.0
+FLIP_PROBABILITY = 0.5
+TN, TP, FP, FN = 0, 1, 2, 3
+"""Error-map codes: true negative, true positive, false positive (predicted, not labelled), false negative."""
+
+
+@dataclass(frozen=True)
+class UnetParams:
+    """Everything that defines a U-Net training run (the paper's values as defaults)."""
+
+    lr: float = 1e-4
+    dropout: float = 0.0
+    augment: bool = False
+    batch_size: int = 64
+    epochs: int = 15
+    base_width: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("batch_size", "epochs", "base_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def default_device() -> torch.device:
+    """CUDA if available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- training data -----------------------------------------------------------------
+
+
+def read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The `image` (n,P,P) float32 and `label` (n,P,P) uint8 {0,1} arrays of one patch file, checked."""
+    with np.load(Path(path)) as npz:
+        missing = {"image", "label"} - set(npz.files)
+        if missing:
+            raise ValueError(f"{path}: no array(s) {sorted(missing)}")
+        image, label = npz["image"], npz["label"]
+    if image.ndim != 3 or image.shape[1] != image.shape[2] or image.shape[0] < 1:
+        raise ValueError(f"{path}: 'image' must have shape (n, P, P) with n >= 1, got {image.shape}")
+    if label.shape != image.shape:
+        raise ValueError(f"{path}: 'label' shape {label.shape} differs from 'image' shape {image.shape}")
+    if image.shape[1] % MULTIPLE:
+        raise ValueError(f"{path}: patch size {image.shape[1]} is not a multiple of {MULTIPLE}, as the U-Net needs")
+    if not np.isfinite(image).all():
+        raise ValueError(f"{path}: 'image' has non-finite values")
+    if not np.isin(label, (0, 1)).all():
+        raise ValueError(f"{path}: 'label' must hold only 0 and 1")
+    return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
+
+
+def load_sources(sources: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """All image-label pairs of the given patch files, concatenated; all files must share one patch size."""
+    if not sources:
+        raise ValueError("no training patch files given")
+    pairs = [read_pairs(path) for path in sources]
+    sizes = {image.shape[1] for image, _ in pairs}
+    if len(sizes) > 1:
+        listing = ", ".join(f"{path}: {image.shape[1]}" for path, (image, _) in zip(sources, pairs))
+        raise ValueError(f"patch files differ in patch size ({listing})")
+    if len(pairs) == 1:
+        return pairs[0]
+    return np.concatenate([image for image, _ in pairs]), np.concatenate([label for _, label in pairs])
+
+
+def normalisation_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of all training pixels, as the paper's code."""
+    mean = float(images.mean(dtype=np.float64))
+    std = float(images.std(dtype=np.float64))
+    if not std > 0:
+        raise ValueError("training images are constant: their standard deviation is 0")
+    return mean, std
+
+
+# --- augmentation ------------------------------------------------------------------
+
+
+def augmentation_matrices(n: int, generator: torch.Generator) -> Tensor:
+    """(n, 2, 3) affine_grid matrices: rotation (+-30 deg) after shear (+-20 deg) after a vertical flip (p 1/2)."""
+    angle = torch.deg2rad((torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * ROTATION_DEGREES)
+    shear = torch.deg2rad((torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * SHEAR_DEGREES)
+    flip = 1 - 2 * (torch.rand(n, generator=generator, dtype=torch.float64) < FLIP_PROBABILITY).double()
+    zero, one = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    rotation = torch.stack([angle.cos(), -angle.sin(), angle.sin(), angle.cos()], dim=1).view(n, 2, 2)
+    shearing = torch.stack([one, -shear.sin(), zero, shear.cos()], dim=1).view(n, 2, 2)
+    # affine_grid's coordinates are (x = width, y = height): the flip negates y, i.e. flips the rows.
+    flipping = torch.stack([one, zero, zero, flip], dim=1).view(n, 2, 2)
+    linear = rotation @ shearing @ flipping
+    return torch.cat([linear, zero.view(n, 1, 1).expand(n, 2, 1)], dim=2).float()
+
+
+def augment(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Apply one random affine map per sample to (B,1,P,P) images (bilinear) and labels (bilinear, >= 0.5)."""
+    theta = augmentation_matrices(images.shape[0], generator).to(images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(torch.cat([images, labels], dim=1), grid, mode="bilinear", align_corners=False)
+    return warped[:, :1], (warped[:, 1:] >= 0.5).to(labels.dtype)
+
+
+# --- training ----------------------------------------------------------------------
+
+
+def _seeds(seed: int) -> dict[str, int]:
+    """Independent seeds for the run's random streams, derived from the run seed."""
+    names = ("torch", "shuffle", "augment")
+    values = np.random.SeedSequence(seed).generate_state(len(names), dtype=np.uint64)
+    return {name: int(v) % 2**63 for name, v in zip(names, values)}
+
+
+class UnetTrainer:
+    """The network, optimiser, data and random streams of one training run."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, params: UnetParams, device: torch.device) -> None:
+        self.params = params
+        self.device = device
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(labels)
+        self.mean, self.std = normalisation_stats(images)
+        seeds = _seeds(params.seed)
+        torch.manual_seed(seeds["torch"])
+        self.model = UNet(params.base_width, params.dropout).to(device)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=params.lr)
+        self.rng = {
+            "shuffle": torch.Generator().manual_seed(seeds["shuffle"]),
+            "augment": torch.Generator().manual_seed(seeds["augment"]),
+        }
+        self.epoch = 0
+        self.rows: list[dict[str, float]] = []
+
+    @property
+    def data_summary(self) -> dict[str, float]:
+        """Size and normalisation of the training data, to recognise the same data on resume."""
+        return {"n": len(self.images), "patch_size": self.images.shape[1], "mean": self.mean, "std": self.std}
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The normalised (B,1,P,P) images and float labels at `index`, on the device, augmented if asked."""
+        images = ((self.images[index].to(self.device) - self.mean) / self.std).unsqueeze(1)
+        labels = self.labels[index].to(self.device, torch.float32).unsqueeze(1)
+        if self.params.augment:
+            return augment(images, labels, self.rng["augment"])
+        return images, labels
+
+    def step(self, images: Tensor, labels: Tensor) -> float:
+        """One Adam step on the Dice loss of a batch; returns the loss."""
+        self.optimiser.zero_grad(set_to_none=True)
+        loss = dice_loss(self.model(images), labels)
+        loss.backward()
+        self.optimiser.step()
+        return loss.item()
+
+    def run_epoch(self) -> dict[str, float]:
+        """One shuffled pass over the training patches; returns the epoch's row (mean batch loss)."""
+        start = time.perf_counter()
+        self.model.train()
+        order = torch.randperm(len(self.images), generator=self.rng["shuffle"])
+        batches = order.split(self.params.batch_size)
+        losses = [
+            self.step(*self.batch(index))
+            for index in tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.params.epochs}", leave=False)
+        ]
+        self.epoch += 1
+        row = {"epoch": self.epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
+        self.rows.append(row)
+        return row
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-identically (on the same device)."""
+        rng = {name: gen.get_state() for name, gen in self.rng.items()}
+        rng["torch_cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            rng["torch_cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "rng": rng,
+            "rows": self.rows,
+            "params": asdict(self.params),
+            "data": self.data_summary,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state written by ``state_dict`` of a run with the same params (epochs may differ) and data."""
+        _check_same_run(state, self.params, self.data_summary)
+        self.epoch = state["epoch"]
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        for name, gen in self.rng.items():
+            gen.set_state(state["rng"][name])
+        torch.set_rng_state(state["rng"]["torch_cpu"])
+        if "torch_cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["torch_cuda"])
+        self.rows = [dict(row) for row in state["rows"]]
+
+
+def _check_same_run(state: dict, params: UnetParams, data: dict[str, float]) -> None:
+    """Refuse to resume a checkpoint written with other settings (epochs aside) or other training data."""
+    current = asdict(params)
+    stored = state["params"]
+    differ = [f.name for f in fields(UnetParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]]
+    if differ:
+        details = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
+        raise ValueError(f"checkpoint is from a run with different parameters ({details})")
+    same_data = all(math.isclose(state["data"][k], v, rel_tol=1e-12) for k, v in data.items())
+    if not same_data:
+        raise ValueError(f"checkpoint is from other training data ({state['data']} -> {data})")
+
+
+def save_checkpoint(trainer: UnetTrainer, directory: Path) -> None:
+    """Write this epoch's checkpoint atomically, then remove the earlier ones (only the latest is needed)."""
+    path = checkpoint.epoch_path(directory, trainer.epoch)
+    checkpoint.save_atomic(trainer.state_dict(), path)
+    for old in directory.glob("epoch_*.pt"):
+        if old != path:
+            old.unlink()
+
+
+def write_training_table(rows: list[dict[str, float]], path: Path) -> None:
+    """training.tsv: epoch, mean Dice loss, seconds; one row per epoch."""
+    table = pd.DataFrame(rows, columns=TRAINING_COLUMNS)
+    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+
+
+def write_model(trainer: UnetTrainer, path: Path) -> None:
+    """model.pt: weights, constructor args, normalisation mean and std, run parameters (weights_only-loadable)."""
+    checkpoint.save_atomic(
+        {
+            "state_dict": {k: v.cpu() for k, v in trainer.model.state_dict().items()},
+            "config": trainer.model.config(),
+            "mean": trainer.mean,
+            "std": trainer.std,
+            "params": asdict(trainer.params),
+            "epochs": trainer.epoch,
+            "data": trainer.data_summary,
+        },
+        path,
+    )
+
+
+def train_unet(sources: list[Path], out_dir: Path, params: UnetParams) -> None:
+    """Train (or resume) a U-Net on the patch files and write checkpoints, training.tsv and, last, model.pt.
+
+    Resumes from the latest ``out_dir/checkpoints/epoch_*.pt``; a run killed mid-epoch redoes that epoch.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    images, labels = load_sources([Path(s) for s in sources])
+    trainer = UnetTrainer(images, labels, params, default_device())
+    latest = checkpoint.latest_epoch_checkpoint(ckpt_dir)
+    if latest is not None:
+        trainer.load_state_dict(checkpoint.load(latest, map_location="cpu"))
+        logger.info("resuming from %s (epoch %d)", latest, trainer.epoch)
+    if trainer.epoch > params.epochs:
+        raise ValueError(f"{latest} is at epoch {trainer.epoch}, beyond the requested {params.epochs} epochs")
+    logger.info(
+        "training a U-Net (base width %d) on %d patches of %d x %d (mean %.4g, std %.4g) on %s",
+        params.base_width, len(images), *images.shape[1:], trainer.mean, trainer.std, trainer.device,
+    )
+    while trainer.epoch < params.epochs:
+        row = trainer.run_epoch()
+        save_checkpoint(trainer, ckpt_dir)
+        write_training_table(trainer.rows, out_dir / "training.tsv")
+        logger.info("epoch %d/%d: dice loss %.4f (%.1f s)", row["epoch"], params.epochs, row["loss"], row["seconds"])
+    write_training_table(trainer.rows, out_dir / "training.tsv")
+    write_model(trainer, out_dir / "model.pt")
+
+
+def load_model(path: Path, device: torch.device | None = None) -> tuple[UNet, float, float]:
+    """The U-Net stored in a model.pt (eval mode) with its training mean and standard deviation."""
+    stored = checkpoint.load(path)
+    model = UNet(**stored["config"])
+    model.load_state_dict(stored["state_dict"])
+    return model.to(device or default_device()).eval(), float(stored["mean"]), float(stored["std"])
+
+
+# --- whole-volume prediction -------------------------------------------------------
+
+
+def axis_starts(start: int, stop: int, size: int) -> list[int]:
+    """Tile starts covering [start, stop) with `size`-long tiles inside [0, max(stop, size)).
+
+    Tiles are laid from `start`; the last is shifted back to end at `stop` (or to begin at 0
+    when the range is shorter than a tile), so the fewest tiles, ceil((stop - start) / size), cover it.
+    """
+    count = math.ceil((stop - start) / size)
+    return [max(0, min(start + k * size, stop - size)) for k in range(count)]
+
+
+def slice_tiles(mask_slice: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """(x, y) origins of the size x size tiles covering a 2D slice's brain bounding box (none if no brain)."""
+    xs, ys = np.nonzero(mask_slice)
+    if xs.size == 0:
+        return []
+    x_starts = axis_starts(int(xs.min()), int(xs.max()) + 1, size)
+    y_starts = axis_starts(int(ys.min()), int(ys.max()) + 1, size)
+    return [(x, y) for x in x_starts for y in y_starts]
+
+
+def volume_tiles(mask: np.ndarray, size: int) -> np.ndarray:
+    """(n, 3) int array of tile origins (x, y, z), slice by slice along the third (axial) axis."""
+    tiles = [(x, y, z) for z in range(mask.shape[2]) for x, y in slice_tiles(mask[:, :, z], size)]
+    return np.array(tiles, dtype=np.int64).reshape(-1, 3)
+
+
+def pad_slices(volume: np.ndarray, size: int) -> np.ndarray:
+    """The volume zero-padded at the far end of axes 0 and 1 to at least `size` (unchanged if already)."""
+    pad = [(0, max(0, size - volume.shape[0])), (0, max(0, size - volume.shape[1])), (0, 0)]
+    return np.pad(volume, pad) if any(after for _, after in pad) else volume
+
+
+@torch.inference_mode()
+def predict_probability(
+    model: torch.nn.Module,
+    mean: float,
+    std: float,
+    image: np.ndarray,
+    brain_mask: np.ndarray,
+    patch_size: int,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Vessel probability per voxel: tiled patches through the model in batches, overlaps averaged, 0 off-brain."""
+    padded = pad_slices(image, patch_size)
+    tiles = volume_tiles(pad_slices(brain_mask, patch_size), patch_size)
+    total = np.zeros(padded.shape, dtype=np.float32)
+    count = np.zeros(padded.shape, dtype=np.float32)
+    p = patch_size
+    for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", leave=False):
+        chunk = tiles[start : start + batch_size]
+        patches = np.stack([padded[x : x + p, y : y + p, z] for x, y, z in chunk]).astype(np.float32)
+        inputs = torch.from_numpy((patches - np.float32(mean)) / np.float32(std)).unsqueeze(1)
+        probs = model(inputs.to(device))[:, 0].cpu().numpy()
+        for (x, y, z), prob in zip(chunk, probs):
+            total[x : x + p, y : y + p, z] += prob
+            count[x : x + p, y : y + p, z] += 1
+    nx, ny, _ = image.shape
+    probability = np.divide(total, count, out=np.zeros_like(total), where=count > 0)[:nx, :ny]
+    return np.where(brain_mask > 0, probability, 0).astype(np.float32)
+
+
+def error_map(segmentation: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """uint8 codes per voxel: 0 true negative, 1 true positive, 2 false positive, 3 false negative."""
+    predicted, truth = segmentation > 0, label > 0
+    codes = np.full(segmentation.shape, TN, dtype=np.uint8)
+    codes[predicted & truth] = TP
+    codes[predicted & ~truth] = FP
+    codes[~predicted & truth] = FN
+    return codes
+
+
+def predict_volume(
+    model_path: Path,
+    image: Path,
+    brain_mask: Path,
+    label: Path | None,
+    out_dir: Path,
+    patch_size: int,
+    threshold: float = 0.5,
+    batch_size: int = 64,
+) -> dict[str, Path]:
+    """Segment a prepared (RAS, 0..255) volume; write probability, segmentation and (with a label) error map.
+
+    All outputs carry the image's affine. Label voxels outside the brain mask count as false negatives.
+    """
+    if patch_size < 1 or patch_size % MULTIPLE:
+        raise ValueError(f"patch_size must be a positive multiple of {MULTIPLE}, got {patch_size}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    image_img = load_nifti(image)
+    mask_img = load_nifti(brain_mask)
+    check_same_grid(image_img, image, mask_img, brain_mask)
+    mask = binary_values(np.asarray(mask_img.dataobj), brain_mask, "brain mask")
+    if not mask.any():
+        raise VolumeError(f"{brain_mask}: the brain mask is empty")
+    device = default_device()
+    model, mean, std = load_model(model_path, device)
+    volume = np.asarray(image_img.dataobj, dtype=np.float32)
+    probability = predict_probability(model, mean, std, volume, mask, patch_size, batch_size, device)
+    segmentation = (probability >= threshold).astype(np.uint8)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    affine = image_img.affine
+    paths = {"probability": out_dir / "probability.nii.gz", "segmentation": out_dir / "segmentation.nii.gz"}
+    save_nifti(probability, affine, paths["probability"])
+    save_nifti(segmentation, affine, paths["segmentation"])
+    if label is not None:
+        label_img = load_nifti(label)
+        check_same_grid(image_img, image, label_img, label)
+        truth = binary_values(np.asarray(label_img.dataobj), label, "vessel label")
+        paths["error_map"] = out_dir / "error_map.nii.gz"
+        save_nifti(error_map(segmentation, truth), affine, paths["error_map"])
+    logger.info(
+        "%s: %d of %d brain voxels segmented (threshold %g) -> %s",
+        image, int(segmentation.sum()), int(mask.sum()), threshold, out_dir,
+    )
+    return paths
+
+
+def write_native(data: np.ndarray, canonical_affine: np.ndarray, original_affine: np.ndarray, path: Path) -> None:
+    """Write a volume computed in canonical (RAS) space in the input's original orientation and affine.
+
+    The result overlays the raw input in any viewer; `canonical_affine` must be the closest-canonical
+    form of `original_affine` (as ``nib.as_closest_canonical`` makes it), else ValueError.
+    """
+    original_affine = np.asarray(original_affine, dtype=np.float64)
+    transform = ornt_transform(io_orientation(canonical_affine), io_orientation(original_affine))
+    restored = np.asarray(canonical_affine) @ inv_ornt_aff(transform, data.shape)
+    if not np.allclose(restored, original_affine, atol=AFFINE_ATOL_MM):
+        raise ValueError(
+            f"{path}: the canonical affine is not a reorientation of the original one "
+            f"(max difference {np.abs(restored - original_affine).max():.4g} mm)"
+        )
+    save_nifti(np.ascontiguousarray(apply_orientation(data, transform)), original_affine, path)
