@@ -8,12 +8,27 @@ al. 2021) is tighter; its reported value is Opacus' upper bound, not the estimat
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Literal
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+
+def _import_opacus_accountants():
+    """Opacus' accountants, imported without the root-logger handler opacus installs on import.
+
+    opacus.utils.module_utils calls logging.basicConfig at import time; inside Snakemake (which imports
+    this module to plan sigmas) that duplicated every Snakemake message.
+    """
+    handlers, level = logging.root.handlers[:], logging.root.level
+    from opacus.accountants import PRVAccountant, RDPAccountant
+    from opacus.accountants.utils import get_noise_multiplier
+
+    logging.root.handlers[:], logging.root.level = handlers, level
+    return PRVAccountant, RDPAccountant, get_noise_multiplier
+
+
+PRVAccountant, RDPAccountant, get_noise_multiplier = _import_opacus_accountants()
 
 RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)))
 """The paper's RDP orders."""
