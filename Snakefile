@@ -13,6 +13,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/gan.smk"
+include: "workflow/rules/unet.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

@@ -34,20 +34,21 @@ def test_example_manifest_is_valid():
 
 
 def test_duplicate_patient(tmp_path):
-    path = manifest(tmp_path, row("P1", "train"), row("P1", "train"))
+    path = manifest(tmp_path, row("P1", "train"), row("P1", "train"), row("P2", "val"))
     with pytest.raises(ManifestError, match=f"{path}: duplicate patient P1"):
         check_manifest(read_manifest(path), path)
 
 
 def test_patient_in_two_splits(tmp_path):
-    path = manifest(tmp_path, row("P1", "train"), row("P1", "test"))
+    path = manifest(tmp_path, row("P1", "train"), row("P1", "test"), row("P2", "val"))
     with pytest.raises(ManifestError, match="patient P1 is in two splits"):
         check_manifest(read_manifest(path), path)
 
 
-def test_no_train_split(tmp_path):
-    path = manifest(tmp_path, row("P1", "val"))
-    with pytest.raises(ManifestError, match="no patient in the train split"):
+@pytest.mark.parametrize("present, missing", [("val", "train"), ("train", "val")])
+def test_train_and_val_splits_required(tmp_path, present, missing):
+    path = manifest(tmp_path, row("P1", present), row("P2", "test"))
+    with pytest.raises(ManifestError, match=f"no patient in the {missing} split"):
         check_manifest(read_manifest(path), path)
 
 
@@ -62,11 +63,15 @@ def test_schema_rejects_bad_split_and_path(tmp_path):
 
 def test_phantom_table_numbers_patients_per_site():
     table = phantom_table(
-        {"train": {"site": "A", "patients": 2}, "test": {"site": "A", "patients": 1}, "external": {"site": "B", "patients": 2}},
+        {
+            "train": {"site": "A", "patients": 2},
+            "val": {"site": "A", "patients": 1},
+            "external": {"site": "B", "patients": 2},
+        },
         base_seed=10,
     )
     assert table.index.tolist() == ["A000", "A001", "A002", "B000", "B001"]
-    assert table["split"].tolist() == ["train", "train", "test", "external", "external"]
+    assert table["split"].tolist() == ["train", "train", "val", "external", "external"]
     assert table["seed"].tolist() == [10, 11, 12, 10, 11]
 
 

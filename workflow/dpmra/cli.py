@@ -75,10 +75,18 @@ def cmd_epsilon(args: argparse.Namespace) -> None:
         )
 
 
+def set_torch_threads(threads: int) -> None:
+    """Use as many torch threads as the job was given: more than the cores makes OpenMP threads spin."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def cmd_train_gan(args: argparse.Namespace) -> None:
     """Train (or resume) one GAN."""
     from dpmra.gan import GanParams, train_gan
 
+    set_torch_threads(args.threads)
     params = GanParams(
         sigma=args.sigma,
         epochs=args.epochs,
@@ -108,6 +116,60 @@ def cmd_metrics(args: argparse.Namespace) -> None:
         print(json.dumps(scores))
     else:
         print("\n".join(f"{name}\t{value:.6g}" for name, value in scores.items()))
+
+
+def cmd_train_unet(args: argparse.Namespace) -> None:
+    """Train (or resume) one U-Net."""
+    from dpmra.segment import UnetParams, train_unet
+
+    set_torch_threads(args.threads)
+    params = UnetParams(
+        lr=args.lr,
+        dropout=args.dropout,
+        augment=args.augment,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        base_width=args.base_width,
+        seed=args.seed,
+    )
+    train_unet(args.sources, args.out, params)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Segment one prepared volume; also write the segmentation in the input's own orientation."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from dpmra.segment import predict_volume, write_native
+
+    set_torch_threads(args.threads)
+    paths = predict_volume(
+        args.model, args.image, args.brain_mask, args.label, args.out, args.patch_size, args.threshold
+    )
+    info = json.loads(args.volume_info.read_text())
+    segmentation = nib.load(paths["segmentation"])
+    write_native(
+        np.asarray(segmentation.dataobj),
+        segmentation.affine,
+        np.array(info["original_affine"]),
+        args.out / "segmentation_native.nii.gz",
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    """Score one split's segmentations."""
+    from dpmra.evaluate import score_split
+
+    score_split(args.patients, args.data, args.predictions, args.out)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    """Select the best U-Net setting per source and write the summary tables."""
+    from dpmra.evaluate import write_tables
+
+    write_tables(args.metrics, args.gan, args.sources, args.settings, args.splits, args.out)
 
 
 def positive_float(text: str) -> float:
@@ -190,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, default=128)
     p.add_argument("--mode", choices=("fresh", "paper"), default="fresh")
     p.add_argument("--delta", type=float, help="default: 1 / N")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_gan)
 
@@ -199,6 +262,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", type=Path, help="brain mask: voxels outside are background in both")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("train-unet", help="train (or resume) one U-Net on patch files")
+    p.add_argument("sources", type=Path, nargs="+", help=".npz files with image (n, P, P) and label (n, P, P)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--augment", action="store_true", help="rotation 30, vertical flip, shear 20 degrees")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--base-width", type=int, default=32, help="filters of the first level (paper 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
+    p.set_defaults(func=cmd_train_unet)
+
+    p = sub.add_parser("predict", help="segment one prepared volume slice by slice")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--brain-mask", type=Path, required=True)
+    p.add_argument("--label", type=Path, help="ground truth, for the error map")
+    p.add_argument("--volume-info", type=Path, required=True, help="volume.json of the prepared patient")
+    p.add_argument("--patch-size", type=int, required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="per-patient metric table of one split")
+    p.add_argument("--patients", nargs="+", required=True)
+    p.add_argument("--data", type=Path, required=True, help="directory of prepared patients (label, brain_mask)")
+    p.add_argument("--predictions", type=Path, required=True, help="directory of per-patient predictions")
+    p.add_argument("--out", type=Path, required=True, help="output TSV")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("tables", help="best U-Net setting per source, summary and Table 1")
+    p.add_argument("--metrics", type=Path, required=True, help="results/metrics")
+    p.add_argument("--gan", type=Path, required=True, help="results/gan (for the epsilon of synthetic sources)")
+    p.add_argument("--sources", nargs="+", required=True)
+    p.add_argument("--settings", nargs="+", required=True)
+    p.add_argument("--splits", nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_tables)
     return parser
 
 

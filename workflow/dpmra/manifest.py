@@ -27,7 +27,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
 
 
 def check_manifest(table: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Reject duplicate patients and patients in two splits; require a train split. Returns the table indexed by patient."""
+    """Reject duplicate patients and patients in two splits; require train and val. Returns the table indexed by patient."""
     missing = [c for c in COLUMNS[:5] if c not in table.columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -45,8 +45,9 @@ def check_manifest(table: pd.DataFrame, path: Path) -> pd.DataFrame:
             )
         if len(rows) > 1:
             raise ManifestError(f"{path}: duplicate patient {patient} ({len(rows)} rows)")
-    if not (table["split"] == "train").any():
-        raise ManifestError(f"{path}: no patient in the train split")
+    for split, use in (("train", "the GANs train on it"), ("val", "U-Net settings are selected on it")):
+        if not (table["split"] == split).any():
+            raise ManifestError(f"{path}: no patient in the {split} split ({use})")
     return table.set_index("patient", drop=False)
 
 

@@ -58,3 +58,18 @@ def gan_sigmas(gan: dict, n_train: int) -> list[str]:
     sigmas = [parse_sigma(s) for s in gan["sigmas"]]
     sigmas += [sigma_for_epsilon(float(e), n_train, gan) for e in gan["epsilons"]]
     return list(dict.fromkeys(sigma_label(s) for s in sigmas))
+
+
+def setting_name(lr: float, dropout: float, augment: bool) -> str:
+    """The wildcard value of a U-Net setting, e.g. lr-0.0001_dropout-0.1_augment-on."""
+    return f"lr-{lr:g}_dropout-{dropout:g}_augment-{'on' if augment else 'off'}"
+
+
+def unet_settings(unet: dict) -> dict[str, dict]:
+    """The U-Net hyper-parameter grid (lr x dropout x augmentation), by setting name, in config order."""
+    return {
+        setting_name(lr, dropout, augment): {"lr": lr, "dropout": dropout, "augment": augment}
+        for lr in unet["lr"]
+        for dropout in unet["dropout"]
+        for augment in unet["augment"]
+    }

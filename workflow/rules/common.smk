@@ -4,7 +4,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from dpmra.manifest import check_manifest, phantom_table, read_manifest
-from dpmra.plan import gan_sigmas
+from dpmra.plan import gan_sigmas, unet_settings
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
@@ -20,21 +20,31 @@ def load_patients() -> pd.DataFrame:
 
 
 patients = load_patients()
+
+
+def patients_in(*splits: str) -> list[str]:
+    """Patient identifiers of the given splits, in table order."""
+    return patients.index[patients["split"].isin(splits)].tolist()
+
+
 PATCHES = config["patches"]
 GAN = config["gan"]
-N_TRAIN = len(patients.index[patients["split"] == "train"]) * PATCHES["per_patient"]
+N_TRAIN = len(patients_in("train")) * PATCHES["per_patient"]
 SIGMAS = gan_sigmas(GAN, N_TRAIN)
+UNET = config["unet"]
+SETTINGS = unet_settings(UNET)
+# U-Net training sources: real patches; synthetic datasets join once the release stage exists.
+UNET_SOURCES = ["real"]
+EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
 
 
 wildcard_constraints:
     patient="|".join(patients.index),
     sigma=r"inf|[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
-
-
-def patients_in(*splits: str) -> list[str]:
-    """Patient identifiers of the given splits, in table order."""
-    return patients.index[patients["split"].isin(splits)].tolist()
+    source=r"real|sigma~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
+    setting=r"lr-[^/]+_dropout-[^/]+_augment-(on|off)",
+    split="|".join(EVAL_SPLITS),
 
 
 def raw_volumes(wildcards) -> dict[str, str]:
@@ -72,9 +82,28 @@ def gan_runs(pattern: str) -> list[str]:
     return expand(pattern, sigma=SIGMAS, seed=GAN["seeds"])
 
 
+def unet_training_data(wildcards) -> list[str]:
+    """Patch files a U-Net trains on: the train split's real patches (synthetic datasets come later)."""
+    return expand("results/patches/{patient}.npz", patient=patients_in("train"))
+
+
+def split_files(pattern: str):
+    """An input function: `pattern` expanded over the patients of the job's split."""
+    return lambda wildcards: expand(
+        pattern, patient=patients_in(wildcards.split), allow_missing=True
+    )
+
+
 def all_targets() -> list[str]:
     """Everything the workflow builds so far."""
     return [
+        "results/tables/table1.tsv",
+        *expand(
+            "results/predictions/{source}/{setting}/{patient}/error_map.nii.gz",
+            source=UNET_SOURCES,
+            setting=SETTINGS,
+            patient=patients_in(*EVAL_SPLITS),
+        ),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/generator.pt"),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epsilon.png"),
         "results/patches/train_set.npz",

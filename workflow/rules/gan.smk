@@ -25,6 +25,17 @@ rule gan:
             subcategory="Samples",
             labels={"sigma": "{sigma}", "seed": "{seed}"},
         ),
+    log:
+        "results/logs/gan/sigma~{sigma}/seed~{seed}.log",
+    benchmark:
+        "results/benchmarks/gan/sigma~{sigma}/seed~{seed}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=2880,
+        gpu=1,
     params:
         epochs=GAN["epochs"],
         batch_size=GAN["batch_size"],
@@ -37,20 +48,9 @@ rule gan:
         mode=GAN["mode"],
         delta=delta_argument,
         out_dir=lambda wildcards, output: os.path.dirname(output.generator),
-    conda:
-        "../../envs/torch.yaml"
-    log:
-        "results/logs/gan/sigma~{sigma}/seed~{seed}.log",
-    benchmark:
-        "results/benchmarks/gan/sigma~{sigma}/seed~{seed}.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=2880,
-        gpu=1,
     shell:
         "dpmra train-gan --train-set {input} --sigma {wildcards.sigma} --seed {wildcards.seed} "
         "--epochs {params.epochs} --batch-size {params.batch_size} --n-critic {params.n_critic} "
         "--lr {params.lr} --clip-weight {params.clip_weight} --max-grad-norm {params.max_grad_norm} "
         "--width {params.width} --latent-dim {params.latent_dim} --mode {params.mode} {params.delta} "
-        "--out {params.out_dir} > {log} 2>&1"
+        "--threads {threads} --out {params.out_dir} > {log} 2>&1"

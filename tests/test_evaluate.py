@@ -1,0 +1,57 @@
+"""Selection of the best U-Net setting, the summary and Table 1, on hand-made metric tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from dpmra.evaluate import write_tables
+from dpmra.metrics import METRICS
+
+
+def metric_table(path, dsc: list[float], bahd: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"patient": f"P{i}", **dict.fromkeys(METRICS, 0.5), "dsc": d, "bahd_mm": b} for i, (d, b) in enumerate(zip(dsc, bahd))]
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+
+
+@pytest.fixture
+def study(tmp_path):
+    metrics = tmp_path / "metrics"
+    # real: setting s2 wins on validation; synthetic: s1 (tie broken by config order is not needed here)
+    for source, val in (("real", {"s1": [0.7, 0.8], "s2": [0.9, 0.8]}), ("sigma~1/seed~0", {"s1": [0.6, 0.6], "s2": [0.5, 0.6]})):
+        for setting in ("s1", "s2"):
+            metric_table(metrics / source / setting / "val.tsv", val[setting], [1.0, 1.0])
+            metric_table(metrics / source / setting / "test.tsv", [0.8, 0.6], [1.0, 3.0])
+            metric_table(metrics / source / setting / "external.tsv", [0.5], [2.0])
+    gan = tmp_path / "gan" / "sigma~1" / "seed~0"
+    gan.mkdir(parents=True)
+    pd.DataFrame({"epoch": [1, 2], "epsilon_rdp": [3.0, 4.5]}).to_csv(gan / "epochs.tsv", sep="\t", index=False)
+    write_tables(metrics, tmp_path / "gan", ["real", "sigma~1/seed~0"], ["s1", "s2"], ["val", "test", "external"], tmp_path / "tables")
+    return tmp_path / "tables"
+
+
+def test_selection_by_mean_validation_dsc(study):
+    selection = pd.read_csv(study / "selection.tsv", sep="\t")
+    assert selection["setting"].tolist() == ["s2", "s1"]
+    assert selection["val_dsc_mean"].tolist() == pytest.approx([0.85, 0.6])
+
+
+def test_summary_has_every_source_setting_split_metric(study):
+    summary = pd.read_csv(study / "summary.tsv", sep="\t")
+    assert len(summary) == 2 * 2 * 3 * len(METRICS)
+    row = summary[(summary.source == "real") & (summary.setting == "s1") & (summary.split == "test") & (summary.metric == "dsc")]
+    assert row["mean"].item() == pytest.approx(0.7) and row["sd"].item() == pytest.approx(math.sqrt(0.02), rel=1e-5)
+
+
+def test_table1(study):
+    table = pd.read_csv(study / "table1.tsv", sep="\t", keep_default_na=True)
+    assert table.columns.tolist() == ["source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd"]
+    assert table[["source", "split"]].values.tolist() == [
+        ["real", "test"], ["real", "external"], ["sigma~1/seed~0", "test"], ["sigma~1/seed~0", "external"]
+    ]
+    assert math.isnan(table["epsilon"][0]) and table["epsilon"][2] == 4.5
+    assert table["dsc_mean"][0] == pytest.approx(0.7) and table["bahd_mean"][0] == pytest.approx(2.0)
+    assert table["bahd_sd"][0] == pytest.approx(math.sqrt(2), rel=1e-5) and math.isnan(table["dsc_sd"][1])

@@ -1,0 +1,115 @@
+"""Evaluation stage: per-patient metric tables, the best U-Net setting per source, Table 1."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dpmra.metrics import METRICS, score_files
+from dpmra.volumes import write_atomic
+
+log = logging.getLogger(__name__)
+
+TABLE1_SPLITS = ("test", "external")
+
+
+def write_tsv(table: pd.DataFrame, path: Path) -> None:
+    """Write a tab-separated table atomically."""
+    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
+
+
+def score_split(patients: list[str], data_dir: Path, prediction_dir: Path, out: Path) -> pd.DataFrame:
+    """Metrics of every patient's segmentation against its label, inside its brain mask (one row each)."""
+    rows = []
+    for patient in patients:
+        truth = Path(data_dir) / patient
+        scores = score_files(
+            truth / "label.nii.gz", Path(prediction_dir) / patient / "segmentation.nii.gz", truth / "brain_mask.nii.gz"
+        )
+        rows.append({"patient": patient, **scores})
+        log.info("%s: dsc %.3f, bahd %.3f mm", patient, scores["dsc"], scores["bahd_mm"])
+    table = pd.DataFrame(rows, columns=["patient", *METRICS])
+    write_tsv(table, out)
+    return table
+
+
+def read_metrics(metrics_root: Path, source: str, setting: str, split: str) -> pd.DataFrame:
+    """One per-patient metric table."""
+    return pd.read_csv(Path(metrics_root) / source / setting / f"{split}.tsv", sep="\t")
+
+
+def select_settings(metrics_root: Path, sources: list[str], settings: list[str]) -> pd.DataFrame:
+    """Per source, the setting with the highest mean validation DSC (the first listed wins a tie)."""
+    rows = []
+    for source in sources:
+        means = [read_metrics(metrics_root, source, s, "val")["dsc"].mean() for s in settings]
+        best = max(range(len(settings)), key=lambda i: (means[i], -i))
+        rows.append({"source": source, "setting": settings[best], "val_dsc_mean": means[best]})
+    return pd.DataFrame(rows)
+
+
+def summarise(metrics_root: Path, sources: list[str], settings: list[str], splits: list[str]) -> pd.DataFrame:
+    """Mean and SD over patients of every metric, per (source, setting, split)."""
+    rows = []
+    for source in sources:
+        for setting in settings:
+            for split in splits:
+                table = read_metrics(metrics_root, source, setting, split)
+                for metric in METRICS:
+                    values = table[metric]
+                    rows.append(
+                        {
+                            "source": source,
+                            "setting": setting,
+                            "split": split,
+                            "metric": metric,
+                            "mean": values.mean(),
+                            "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
+                            "n": len(values),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def final_epsilon(epochs_tsv: Path) -> float:
+    """The valid RDP epsilon after a GAN's last epoch."""
+    return float(pd.read_csv(epochs_tsv, sep="\t")["epsilon_rdp"].iloc[-1])
+
+
+def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, float]) -> pd.DataFrame:
+    """DSC and bAHD (mean, SD) of each source's selected U-Net on the test and external splits."""
+    chosen = summary.merge(selection[["source", "setting"]], on=["source", "setting"])
+    rows = []
+    for source in selection["source"]:
+        for split in TABLE1_SPLITS:
+            part = chosen[(chosen["source"] == source) & (chosen["split"] == split)].set_index("metric")
+            if part.empty:
+                continue
+            rows.append(
+                {
+                    "source": source,
+                    "split": split,
+                    "epsilon": epsilons.get(source, math.nan),
+                    "dsc_mean": part.loc["dsc", "mean"],
+                    "dsc_sd": part.loc["dsc", "sd"],
+                    "bahd_mean": part.loc["bahd_mm", "mean"],
+                    "bahd_sd": part.loc["bahd_mm", "sd"],
+                }
+            )
+    return pd.DataFrame(rows, columns=["source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd"])
+
+
+def write_tables(
+    metrics_root: Path, gan_root: Path, sources: list[str], settings: list[str], splits: list[str], out_dir: Path
+) -> None:
+    """selection.tsv, summary.tsv and table1.tsv from the per-patient metric tables."""
+    out_dir = Path(out_dir)
+    selection = select_settings(metrics_root, sources, settings)
+    summary = summarise(metrics_root, sources, settings, splits)
+    epsilons = {s: final_epsilon(Path(gan_root) / s / "epochs.tsv") for s in sources if s != "real"}
+    write_tsv(selection, out_dir / "selection.tsv")
+    write_tsv(summary, out_dir / "summary.tsv")
+    write_tsv(table1(summary, selection, epsilons), out_dir / "table1.tsv")
