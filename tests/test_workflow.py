@@ -52,7 +52,10 @@ def test_dry_run_default_config(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config/config.yaml"))
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
-    assert counts == {"phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "all": 1}
+    assert counts == {
+        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3,
+        "unet": 2, "predict": 12, "score": 6, "tables": 1, "all": 1,
+    }
     assert {"sigma~inf/seed~0", "sigma~0.6986/seed~0", "sigma~1.548/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
     }
@@ -167,6 +170,27 @@ def test_tiny_run_gans(tiny_run):
         assert len(list((run / "checkpoints").glob("epoch_*.pt"))) == 2
         for name in ("loss.png", "epsilon.png", "samples/epoch_002.png"):
             assert (run / name).stat().st_size > 1000
+
+
+@pytest.mark.workflow
+def test_tiny_run_segmentation(tiny_run):
+    settings = ["lr-0.0001_dropout-0_augment-on", "lr-0.0001_dropout-0_augment-off"]
+    for setting in settings:
+        table = pd.read_csv(tiny_run / f"metrics/real/{setting}/test.tsv", sep="\t")
+        assert table.columns.tolist() == ["patient", "dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd"]
+        assert table["patient"].tolist() == ["A004"] and 0 <= table["dsc"].item() <= 1
+        prediction = tiny_run / f"predictions/real/{setting}/A004"
+        segmentation = nib.load(prediction / "segmentation.nii.gz").get_fdata()
+        errors = nib.load(prediction / "error_map.nii.gz").get_fdata()
+        label = nib.load(tiny_run / "data/A004/label.nii.gz").get_fdata()
+        np.testing.assert_array_equal(errors == 1, (segmentation == 1) & (label == 1))
+        np.testing.assert_array_equal(nib.load(prediction / "segmentation_native.nii.gz").get_fdata(), segmentation)
+    selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t")
+    assert selection["source"].tolist() == ["real"] and selection["setting"].item() in settings
+    table1 = pd.read_csv(tiny_run / "tables/table1.tsv", sep="\t")
+    assert table1[["source", "split"]].values.tolist() == [["real", "test"], ["real", "external"]]
+    best = pd.read_csv(tiny_run / f"metrics/real/{selection['setting'].item()}/external.tsv", sep="\t")
+    assert table1["dsc_mean"].iloc[1] == pytest.approx(best["dsc"].mean(), rel=1e-5)
 
 
 @pytest.mark.workflow
