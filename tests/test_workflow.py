@@ -105,7 +105,8 @@ def test_manifest_run_and_bad_volume_fails_in_its_own_rule(tmp_path):
     label = toy_subject(seed=1)[1].astype(np.int16)
     label[0, 0, 0] = 7
     write_manifest(tmp_path, {"P2": label})
-    result = snakemake(tmp_path, "--configfile", "config.yaml", "--keep-going")
+    targets = [f"results/data/{p}/volume.json" for p in ("P1", "P2", "P3")] + ["results/patches/train_set.npz"]
+    result = snakemake(tmp_path, "--configfile", "config.yaml", "--keep-going", *targets)
     assert result.returncode != 0
     log = (tmp_path / "results/logs/prepare/P2.log").read_text()
     assert "data/P2/vessels.nii.gz: vessel label is not binary; values {0, 1, 7}" in log
