@@ -199,3 +199,19 @@ def test_tiny_run_is_complete(tiny_run):
     result = snakemake(tiny_run.parent, "-n", "--configfile", str(ROOT / "config/test.yaml"))
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout
+
+
+@pytest.mark.workflow
+def test_rerun_resumes_gan_from_checkpoints_snakemake_kept(tiny_run, tmp_path):
+    """A GAN job rerun by Snakemake (here: more epochs) continues from its checkpoints instead of restarting."""
+    run = tiny_run / "gan/sigma~1/seed~0"
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    config["gan"]["epochs"] = 3
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tiny_run.parent, "--configfile", str(tmp_path / "longer.yaml"), f"{run.relative_to(tiny_run.parent)}/generator.pt")
+    assert result.returncode == 0, result.stdout[-3000:]
+    log = (tiny_run / "logs/gan/sigma~1/seed~0.log").read_text()
+    assert "resuming from" in log and "epoch_002.pt (epoch 2)" in log
+    table = pd.read_csv(run / "epochs.tsv", sep="\t")
+    assert table["epoch"].tolist() == [1, 2, 3] and table["critic_steps"].tolist() == [20, 40, 60]
+    assert table["epsilon_rdp"].iloc[-1] == pytest.approx(epsilon(1.0, 32 / 120, 60, 1 / 120))
