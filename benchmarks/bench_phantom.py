@@ -5,10 +5,10 @@ Run: .venv/bin/python benchmarks/bench_phantom.py
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
+
+from timing import median_seconds
 
 from dpmra.phantom import SITES, make_subject, write_subject
 
@@ -16,24 +16,14 @@ REPEATS = 3
 BUDGET_S = 5.0
 
 
-def median_seconds(fn) -> float:
-    """Median wall time of REPEATS calls."""
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     print(f"median of {REPEATS}")
     with tempfile.TemporaryDirectory() as tmp:
         for site in ("A", "B"):
             shape = "x".join(map(str, SITES[site].shape))
-            t_make = median_seconds(lambda: make_subject(site, 0))
+            t_make = median_seconds(lambda: make_subject(site, 0), REPEATS)
             subject = make_subject(site, 0)
-            t_write = median_seconds(lambda: write_subject(subject, Path(tmp) / site))
+            t_write = median_seconds(lambda: write_subject(subject, Path(tmp) / site), REPEATS)
             fraction = subject.label.sum() / subject.brain_mask.sum()
             verdict = "ok" if t_make < BUDGET_S else f"OVER the {BUDGET_S:.0f} s budget"
             print(

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 SHAPE = (40, 36, 8)
 AFFINE = np.diag([0.5, 0.5, 0.7, 1.0])
@@ -39,3 +40,12 @@ def subject_files(tmp_path: Path) -> dict[str, Path]:
         "label": save(label, tmp_path / "label.nii.gz"),
         "brain_mask": save(mask, tmp_path / "brain_mask.nii.gz"),
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run fastest single-threaded; extra threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

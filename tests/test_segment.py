@@ -39,13 +39,7 @@ PATCH = 16
 TINY = UnetParams(lr=3e-3, dropout=0.1, augment=True, batch_size=16, epochs=2, base_width=4, seed=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest single-threaded; extra threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def line_patches(n: int, p: int = PATCH, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
