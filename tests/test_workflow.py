@@ -208,7 +208,8 @@ def test_rerun_resumes_gan_from_checkpoints_snakemake_kept(tiny_run, tmp_path):
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     config["gan"]["epochs"] = 3
     (tmp_path / "longer.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(tiny_run.parent, "--configfile", str(tmp_path / "longer.yaml"), f"{run.relative_to(tiny_run.parent)}/generator.pt")
+    target = f"{run.relative_to(tiny_run.parent)}/generator.pt"
+    result = snakemake(tiny_run.parent, target, "--configfile", str(tmp_path / "longer.yaml"))
     assert result.returncode == 0, result.stdout[-3000:]
     log = (tiny_run / "logs/gan/sigma~1/seed~0.log").read_text()
     assert "resuming from" in log and "epoch_002.pt (epoch 2)" in log
