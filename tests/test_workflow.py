@@ -203,13 +203,13 @@ def test_tiny_run_is_complete(tiny_run):
 
 @pytest.mark.workflow
 def test_rerun_resumes_gan_from_checkpoints_snakemake_kept(tiny_run, tmp_path):
-    """A GAN job rerun by Snakemake (here: more epochs) continues from its checkpoints instead of restarting."""
+    """A GAN job Snakemake reruns (here: forced, with more epochs) continues from its checkpoints."""
     run = tiny_run / "gan/sigma~1/seed~0"
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     config["gan"]["epochs"] = 3
     (tmp_path / "longer.yaml").write_text(yaml.safe_dump(config))
     target = f"{run.relative_to(tiny_run.parent)}/generator.pt"
-    result = snakemake(tiny_run.parent, target, "--configfile", str(tmp_path / "longer.yaml"))
+    result = snakemake(tiny_run.parent, target, "--forcerun", "gan", "--configfile", str(tmp_path / "longer.yaml"))
     assert result.returncode == 0, result.stdout[-3000:]
     log = (tiny_run / "logs/gan/sigma~1/seed~0.log").read_text()
     assert "resuming from" in log and "epoch_002.pt (epoch 2)" in log
