@@ -7,26 +7,20 @@ Checkpoints hold only tensors and plain Python values, so they load with
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dpmra.atomic import write_atomic
+
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` via a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save to ``path`` atomically (a temporary file beside it, then a rename)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpmra.metrics import METRICS, score_files
-from dpmra.volumes import write_atomic
+from dpmra.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

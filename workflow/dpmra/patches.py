@@ -11,7 +11,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from dpmra.pictures import save_patch_gallery
-from dpmra.volumes import load_nifti, patch_fits, write_atomic
+from dpmra.atomic import write_atomic
+from dpmra.volumes import load_nifti, patch_fits
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from dpmra.volumes import write_atomic
+from dpmra.atomic import write_atomic
 
 
 def new_figure(**kwargs) -> Figure:

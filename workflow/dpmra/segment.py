@@ -43,6 +43,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dpmra import checkpoint
+from dpmra.atomic import write_atomic
 from dpmra.unet import MULTIPLE, UNet, dice_loss
 from dpmra.volumes import (
     AFFINE_ATOL_MM,
@@ -51,7 +52,6 @@ from dpmra.volumes import (
     check_same_grid,
     load_nifti,
     save_nifti,
-    write_atomic,
 )
 
 logger = logging.getLogger(__name__)

@@ -7,8 +7,6 @@ reading a failed Snakemake log knows which input to fix and why.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+
+from dpmra.atomic import write_atomic
 
 AFFINE_ATOL_MM = 1e-3
 NORMALISATION_PERCENTILES = (0.5, 99.5)
@@ -194,25 +194,6 @@ def normalise_intensity(image: np.ndarray, brain_mask: np.ndarray) -> tuple[np.n
         "range": list(NORMALISATION_RANGE),
     }
     return np.clip(scaled, lo_out, hi_out).astype(np.float32), rule
-
-
-def atomic_path(path: Path) -> Path:
-    """A fresh temporary path beside `path`, to be renamed onto it once fully written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)` and rename the result onto `path`, so no half-written file keeps the final name."""
-    tmp = atomic_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
