@@ -12,6 +12,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from dpmra.pictures import save_patch_gallery
 from dpmra.atomic import write_atomic
+from dpmra.intensity import rescale_patches
 from dpmra.volumes import load_nifti, patch_fits
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,7 @@ def patient_patches(
 
 def scale_to_unit_range(images: np.ndarray) -> np.ndarray:
     """Min-max scale each patch to [-1, 1] on its own (as the paper's code); a constant patch becomes 0."""
-    low = images.min(axis=(1, 2), keepdims=True)
-    span = images.max(axis=(1, 2), keepdims=True) - low
-    scaled = np.where(span > 0, (images - low) / np.where(span > 0, span, 1) * 2 - 1, 0)
-    return scaled.astype(np.float32)
+    return rescale_patches(images, -1.0, 1.0)
 
 
 def training_set(patch_files: list[Path], out: Path, gallery: Path, gallery_size: int = 8) -> np.ndarray:
