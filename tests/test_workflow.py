@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,26 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import save, toy_subject
+from conftest import ROOT, save, snakemake, toy_subject
 
 from dpmra.gan import sample_generator
 from dpmra.privacy import epsilon
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir`; stdout holds both streams (Snakemake reports errors on either)."""
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
-        cwd=workdir,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -115,15 +96,6 @@ def test_manifest_run_and_bad_volume_fails_in_its_own_rule(tmp_path):
     info = json.loads((tmp_path / "results/data/P3/volume.json").read_text())
     assert info["mask_method"].startswith("derived")
     assert "no brain mask given" in (tmp_path / "results/logs/prepare/P3.log").read_text()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """The tiny config run end to end once for all content checks."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    result = snakemake(workdir, "--configfile", str(ROOT / "config/test.yaml"))
-    assert result.returncode == 0, result.stdout[-5000:]
-    return workdir / "results"
 
 
 @pytest.mark.workflow
