@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/gan.smk"
+include: "workflow/rules/synth.smk"
 include: "workflow/rules/unet.smk"
 include: "workflow/rules/evaluate.smk"
 

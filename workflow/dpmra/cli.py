@@ -105,6 +105,15 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     train_gan(args.train_set, args.out, params)
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    """Sample one trained generator into a released dataset with its privacy card."""
+    from dpmra.synth import ReleaseParams, release_dataset
+
+    set_torch_threads(args.threads)
+    release = ReleaseParams(n=args.n, label_threshold=args.label_threshold, seed=args.seed)
+    release_dataset(args.generator, args.out, release, args.name)
+
+
 def cmd_metrics(args: argparse.Namespace) -> None:
     """Print the segmentation metrics of one prediction against its ground truth."""
     import json
@@ -255,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_gan)
+
+    p = sub.add_parser("synth", help="release a synthetic dataset and its privacy card from one generator.pt")
+    p.add_argument("--generator", type=Path, required=True, help="generator.pt written by train-gan")
+    p.add_argument("--name", required=True, help="dataset name on the card, e.g. sigma~1.5/seed~0")
+    p.add_argument("--n", type=int, required=True, help="number of generated pairs (paper 41,000)")
+    p.add_argument("--label-threshold", type=float, default=0.8, help="on the label channel mapped to [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (public randomness)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("metrics", help="DSC, bAHD, HD95, sensitivity, precision, AVD of one segmentation")
     p.add_argument("truth", type=Path, help="ground-truth vessel label (NIfTI)")

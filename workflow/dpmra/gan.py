@@ -445,6 +445,8 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
             "delta": trainer.delta,
             "epochs": trainer.epoch,
             "critic_steps": trainer.critic_steps,
+            "sample_rate": trainer.sample_rate,
+            "training_set_size": len(trainer.data),
             "params": asdict(trainer.params),
         },
         path,

@@ -31,10 +31,13 @@ PATCHES = config["patches"]
 GAN = config["gan"]
 N_TRAIN = len(patients_in("train")) * PATCHES["per_patient"]
 SIGMAS = gan_sigmas(GAN, N_TRAIN)
+SYNTH = config["synth"]
+N_SYNTH = SYNTH["n"] or N_TRAIN
+GAN_SOURCES = expand("sigma~{sigma}/seed~{seed}", sigma=SIGMAS, seed=GAN["seeds"])
 UNET = config["unet"]
 SETTINGS = unet_settings(UNET)
-# U-Net training sources: real patches; synthetic datasets join once the release stage exists.
-UNET_SOURCES = ["real"]
+# U-Net training sources: the real train patches and every released synthetic dataset.
+UNET_SOURCES = ["real", *GAN_SOURCES]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
 
 
@@ -83,8 +86,10 @@ def gan_runs(pattern: str) -> list[str]:
 
 
 def unet_training_data(wildcards) -> list[str]:
-    """Patch files a U-Net trains on: the train split's real patches (synthetic datasets come later)."""
-    return expand("results/patches/{patient}.npz", patient=patients_in("train"))
+    """Patch files a U-Net trains on: the train split's real patches, or one released synthetic dataset."""
+    if wildcards.source == "real":
+        return expand("results/patches/{patient}.npz", patient=patients_in("train"))
+    return [f"results/synth/{wildcards.source}/dataset.npz"]
 
 
 def split_files(pattern: str):
@@ -106,6 +111,7 @@ def all_targets() -> list[str]:
         ),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/generator.pt"),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epsilon.png"),
+        *gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),
         "results/patches/train_set.npz",
         "results/patches/gallery.png",
         *expand("results/data/{patient}/mip.png", patient=patients.index),

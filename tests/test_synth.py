@@ -1,0 +1,91 @@
+"""Synthetic release: dataset post-processing, the privacy card against the accountant, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpmra.gan import GanParams, train_gan
+from dpmra.synth import ReleaseParams, release_dataset, to_dataset
+
+PATCH = 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_torch_thread) -> Path:
+    """A tiny private GAN trained for one epoch; its training set is deleted afterwards."""
+    root = tmp_path_factory.mktemp("gan")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (40, 2, PATCH, PATCH)).astype(np.float32)
+    x[:, 1] = np.sign(x[:, 1])
+    np.savez(root / "train.npz", x=x)
+    params = GanParams(sigma=1.2, epochs=1, batch_size=8, width_g=4, width_d=4, latent_dim=8, seed=5)
+    train_gan(root / "train.npz", root / "run", params)
+    (root / "train.npz").unlink()  # release must not need the training data
+    return root / "run"
+
+
+def test_to_dataset_scales_image_and_thresholds_label():
+    pairs = np.zeros((2, 2, 2, 2), np.float32)
+    pairs[0, 0] = [[-1, 0], [0.5, 1]]
+    pairs[1, 0] = 0.3  # constant patch
+    pairs[0, 1] = [[0.59, 0.61], [-1, 1]]  # 0.6 on [-1, 1] is 0.8 on [0, 1]
+    image, label = to_dataset(pairs, label_threshold=0.8)
+    assert image.dtype == np.float32 and label.dtype == np.uint8
+    np.testing.assert_allclose(image[0], [[0, 127.5], [191.25, 255]])
+    np.testing.assert_allclose(image[1], 127.5)
+    np.testing.assert_array_equal(label[0], [[0, 1], [0, 1]])
+    np.testing.assert_array_equal(label[1], 0)
+
+
+def test_privacy_card_matches_the_accountant(trained: Path, tmp_path: Path):
+    card = release_dataset(trained / "generator.pt", tmp_path, ReleaseParams(n=30, seed=1), "sigma~1.2/seed~5")
+    assert json.loads((tmp_path / "privacy_card.json").read_text()) == card
+    last = pd.read_csv(trained / "epochs.tsv", sep="\t").iloc[-1]
+    assert card["epsilon"]["rdp"] == pytest.approx(last["epsilon_rdp"])
+    assert card["epsilon"]["prv"] == pytest.approx(last["epsilon_prv"])
+    assert card["critic_steps"] == last["critic_steps"] and card["epochs"] == last["epoch"] == 1
+    assert card["sigma"] == 1.2 and card["seed"] == 5 and card["mode"] == "fresh"
+    assert card["sample_rate"] == pytest.approx(8 / 40) and card["training_set_size"] == 40
+    assert card["delta"] == pytest.approx(1 / 40)
+    assert card["release"]["n"] == 30 and card["release"]["label_threshold"] == 0.8
+    assert len(card["config_digest"]) == 64 and card["code_version"].startswith("0.1.0")
+
+
+def test_release_writes_dataset_and_stacks(trained: Path, tmp_path: Path):
+    release_dataset(trained / "generator.pt", tmp_path, ReleaseParams(n=30, seed=1), "run")
+    with np.load(tmp_path / "dataset.npz") as npz:
+        image, label = npz["image"], npz["label"]
+    assert image.shape == label.shape == (30, PATCH, PATCH)
+    assert image.min() == 0 and image.max() == 255
+    assert set(np.unique(label)) <= {0, 1}
+    stack = nib.load(tmp_path / "images.nii.gz")
+    assert stack.shape == (PATCH, PATCH, 30) and stack.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(stack.dataobj)[..., 3], np.rint(image[3]).astype(np.uint8))
+    labels = np.asarray(nib.load(tmp_path / "labels.nii.gz").dataobj)
+    np.testing.assert_array_equal(labels[..., 3], label[3] * 255)
+    assert (tmp_path / "gallery.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_release_is_deterministic_in_its_seed(trained: Path, tmp_path: Path):
+    arrays = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        release_dataset(trained / "generator.pt", tmp_path / name, ReleaseParams(n=10, seed=seed), name)
+        with np.load(tmp_path / name / "dataset.npz") as npz:
+            arrays.append(npz["image"])
+    np.testing.assert_array_equal(arrays[0], arrays[1])
+    assert not np.array_equal(arrays[0], arrays[2])
+
+
+def test_incomplete_generator_file_is_rejected(tmp_path: Path):
+    import torch
+
+    torch.save({"state_dict": {}}, tmp_path / "generator.pt")
+    with pytest.raises(ValueError, match="generator.pt: not a complete generator file"):
+        release_dataset(tmp_path / "generator.pt", tmp_path / "out", ReleaseParams(n=1), "x")
+    assert not (tmp_path / "out" / "privacy_card.json").exists()

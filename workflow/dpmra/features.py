@@ -1,0 +1,207 @@
+"""Image features for Fréchet distances and t-SNE: the paper's Inception-v3 (optional) or a fixed random CNN (offline).
+
+Backbones, by the name every output reports in its `fd_backbone` field:
+
+- ``inception-v3``: the paper's FID features. pytorch-fid's Inception-v3 (the TensorFlow FID weights), pool3,
+  2048-d; grayscale replicated to three channels, pixel values 0..255 divided by 255 (what pytorch-fid's
+  ``ToTensor`` gives for 8-bit images, but without rounding to 8 bits), then pytorch-fid's own bilinear resize to
+  299 x 299 and scaling to [-1, 1]. Used only when the optional ``pytorch-fid`` package (which needs torchvision)
+  imports and its weights are on disk: a configured file, or pytorch-fid's torch hub cache file
+  ``pt_inception-2015-12-05-*.pth``. Nothing is ever downloaded. Distances on it are FID.
+- ``random-cnn-s0-d256``: the offline default, needing no download. See `random_cnn`. Distances on it are
+  Fréchet distances on random features, never FID, and are not comparable to FID values in the literature.
+
+Also the one loader every measurement uses (`load_images`), so real and synthetic images share one scale.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpmra.intensity import rescale_patches
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+INCEPTION = "inception-v3"
+RANDOM_CNN = "random-cnn-s0-d256"
+BACKBONES = (AUTO, INCEPTION, RANDOM_CNN)
+
+RANDOM_CNN_SEED = 0
+RANDOM_CNN_WIDTHS = (32, 64, 128, 256)
+INCEPTION_WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
+INCEPTION_DIMS = 2048
+
+
+def load_images(paths: list[Path]) -> np.ndarray:
+    """The `image` arrays of patch or dataset .npz files, concatenated and min-max scaled per patch to 0..255.
+
+    Real patches are in their volume's normalised units and released synthetic images are already per-patch
+    min-max scaled to 0..255 (the paper's rule for generated images); applying that same rule to both puts them
+    on one scale, and is a no-op (up to rounding) for the synthetic ones.
+    """
+    parts = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        with np.load(path) as data:
+            if "image" not in data.files:
+                raise ValueError(f"{path}: no array 'image' (has {', '.join(data.files) or 'none'})")
+            image = data["image"]
+        if image.ndim != 3 or image.shape[1] != image.shape[2]:
+            raise ValueError(f"{path}: 'image' must be (n, P, P), got {image.shape}")
+        if parts and image.shape[1:] != parts[0].shape[1:]:
+            raise ValueError(f"{path}: patches of {image.shape[1:]} differ from {paths[0]}'s {parts[0].shape[1:]}")
+        parts.append(image)
+    if not parts:
+        raise ValueError("no image files given")
+    return rescale_patches(np.concatenate(parts), 0.0, 255.0)
+
+
+def random_cnn() -> nn.Sequential:
+    """The offline feature extractor: four 3x3 stride-2 conv + ReLU layers (32-64-128-256), global mean pool.
+
+    Why random weights: a network initialised at random and never trained gives image embeddings that need no
+    download and no training data, and Fréchet distances on such random embeddings still rank generative models
+    sensibly (Naeem et al. 2020, "Reliable fidelity and diversity metrics for generative models", random-init
+    embeddings). Weights are drawn with numpy from a fixed seed (He-normal, no bias), so they are identical on every
+    machine and torch version; the 256-d output is small enough for covariances from a few thousand patches.
+    """
+    rng = np.random.default_rng(RANDOM_CNN_SEED)
+    layers: list[nn.Module] = []
+    channels = 1
+    for width in RANDOM_CNN_WIDTHS:
+        conv = nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1, bias=False)
+        std = np.sqrt(2.0 / (channels * 9))
+        conv.weight.data = torch.from_numpy(rng.standard_normal(conv.weight.shape) * std).float()
+        layers += [conv, nn.ReLU()]
+        channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    model = nn.Sequential(*layers).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def import_inception():
+    """pytorch-fid's inception module; raises ImportError where pytorch-fid (or its torchvision) is missing."""
+    import pytorch_fid.inception
+
+    return pytorch_fid.inception
+
+
+def hub_weights() -> Path | None:
+    """pytorch-fid's cached Inception weights in the torch hub directory, if present."""
+    found = sorted((Path(torch.hub.get_dir()) / "checkpoints").glob(INCEPTION_WEIGHTS_GLOB))
+    return found[-1] if found else None
+
+
+def inception_unavailable(weights: Path | None) -> str | None:
+    """Why the Inception-v3 backbone cannot run here (None if it can): pytorch-fid missing, or no weights on disk."""
+    try:
+        import_inception()
+    except ImportError as err:
+        return f"pytorch-fid is not importable ({err}); install the [fid] extra"
+    if weights is None and hub_weights() is None:
+        return (
+            f"no Inception weights: configure a local file, or place pytorch-fid's {INCEPTION_WEIGHTS_GLOB} in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} (never downloaded)"
+        )
+    return None
+
+
+def resolve_backbone(requested: str, weights: Path | None = None) -> str:
+    """The backbone to use: `inception-v3` when requested and available (else an error), `auto` falls back to
+    the random CNN with a log line when Inception cannot run. A configured weights file must exist."""
+    if requested not in BACKBONES:
+        raise ValueError(f"unknown feature backbone {requested!r}; choose one of {', '.join(BACKBONES)}")
+    if weights is not None and not Path(weights).is_file():
+        raise ValueError(f"{weights}: configured Inception weights file not found")
+    if requested == RANDOM_CNN:
+        return RANDOM_CNN
+    reason = inception_unavailable(weights)
+    if reason is None:
+        return INCEPTION
+    if requested == INCEPTION:
+        raise ValueError(f"backbone {INCEPTION} requested but {reason}")
+    log.info("Inception-v3 unavailable (%s): using %s; distances are not FID", reason, RANDOM_CNN)
+    return RANDOM_CNN
+
+
+def backbone_name(backbone: str) -> str:
+    """The name tables report in `fd_backbone` for a resolved backbone (`auto` is not a result)."""
+    if backbone not in (INCEPTION, RANDOM_CNN):
+        raise ValueError(f"{backbone!r} is not a resolved backbone; call resolve_backbone first")
+    return f"{INCEPTION}-pool3" if backbone == INCEPTION else RANDOM_CNN
+
+
+def inception_model(weights: Path | None) -> nn.Module:
+    """pytorch-fid's pool3 Inception-v3 with weights read from a local file, never from the network."""
+    fid_inception = import_inception()
+    path = Path(weights) if weights is not None else hub_weights()
+    if path is None:
+        raise ValueError(inception_unavailable(None))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # pytorch-fid fetches its weights inside the constructor with load_state_dict_from_url (downloading when not
+    # cached); hand it the local file's weights instead so no configuration can trigger a download.
+    original = fid_inception.load_state_dict_from_url
+    fid_inception.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        model = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[INCEPTION_DIMS]])
+    finally:
+        fid_inception.load_state_dict_from_url = original
+    return model.eval()
+
+
+def default_device(device: str | None) -> torch.device:
+    """The given device, else CUDA when present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def extract_features(
+    images: np.ndarray,
+    backbone: str,
+    weights: Path | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+) -> np.ndarray:
+    """Features (n, d) float64 of images (n, P, P) on the 0..255 scale, with a resolved backbone."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (n, P, P), got {images.shape}")
+    dev = default_device(device)
+    if backbone == RANDOM_CNN:
+        model = random_cnn().to(dev)
+
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            return x[:, None] / 127.5 - 1.0
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            return model(x)
+
+    elif backbone == INCEPTION:
+        model = inception_model(weights).to(dev)
+
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            # pytorch-fid expects RGB in [0, 1] and resizes and rescales to [-1, 1] itself
+            return (x / 255.0)[:, None].expand(-1, 3, -1, -1)
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            return model(x)[0].flatten(1)
+
+    else:
+        raise ValueError(f"{backbone!r} is not a resolved backbone; call resolve_backbone first")
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(dev)
+        out.append(embed(prepare(batch)).double().cpu().numpy())
+    dims = INCEPTION_DIMS if backbone == INCEPTION else RANDOM_CNN_WIDTHS[-1]
+    return np.concatenate(out) if out else np.zeros((0, dims))
