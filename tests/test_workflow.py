@@ -34,8 +34,8 @@ def test_dry_run_default_config(tmp_path):
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
     assert counts == {
-        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3,
-        "unet": 2, "predict": 12, "score": 6, "tables": 1, "all": 1,
+        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "synth": 3,
+        "unet": 8, "predict": 48, "score": 24, "tables": 1, "all": 1,
     }
     assert {"sigma~inf/seed~0", "sigma~0.6986/seed~0", "sigma~1.548/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
@@ -146,6 +146,23 @@ def test_tiny_run_gans(tiny_run):
 
 
 @pytest.mark.workflow
+def test_tiny_run_releases(tiny_run):
+    for sigma, n_critic_steps in (("inf", 40), ("1", 40)):
+        release = tiny_run / f"synth/sigma~{sigma}/seed~0"
+        card = json.loads((release / "privacy_card.json").read_text())
+        last = pd.read_csv(tiny_run / f"gan/sigma~{sigma}/seed~0/epochs.tsv", sep="\t").iloc[-1]
+        assert card["dataset"] == f"sigma~{sigma}/seed~0" and card["critic_steps"] == n_critic_steps
+        assert card["training_set_size"] == 120 and card["release"]["n"] == 120
+        if sigma == "inf":
+            assert card["sigma"] == "inf" and card["epsilon"] == {"rdp": "inf", "prv": "inf"}
+        else:
+            assert card["epsilon"]["rdp"] == pytest.approx(last["epsilon_rdp"])
+        with np.load(release / "dataset.npz") as npz:
+            assert npz["image"].shape == npz["label"].shape == (120, 16, 16)
+        assert nib.load(release / "labels.nii.gz").shape == (16, 16, 120)
+
+
+@pytest.mark.workflow
 def test_tiny_run_segmentation(tiny_run):
     settings = ["lr-0.0001_dropout-0_augment-on", "lr-0.0001_dropout-0_augment-off"]
     for setting in settings:
@@ -159,11 +176,16 @@ def test_tiny_run_segmentation(tiny_run):
         np.testing.assert_array_equal(errors == 1, (segmentation == 1) & (label == 1))
         np.testing.assert_array_equal(nib.load(prediction / "segmentation_native.nii.gz").get_fdata(), segmentation)
     selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t")
-    assert selection["source"].tolist() == ["real"] and selection["setting"].item() in settings
+    sources = ["real", "sigma~inf/seed~0", "sigma~1/seed~0"]
+    assert selection["source"].tolist() == sources and set(selection["setting"]) <= set(settings)
+    for source in sources[1:]:
+        assert len(pd.read_csv(tiny_run / f"metrics/{source}/{settings[0]}/external.tsv", sep="\t")) == 1
     table1 = pd.read_csv(tiny_run / "tables/table1.tsv", sep="\t")
-    assert table1[["source", "split"]].values.tolist() == [["real", "test"], ["real", "external"]]
-    best = pd.read_csv(tiny_run / f"metrics/real/{selection['setting'].item()}/external.tsv", sep="\t")
+    assert table1[["source", "split"]].values.tolist() == [[s, split] for s in sources for split in ("test", "external")]
+    best = pd.read_csv(tiny_run / f"metrics/real/{selection['setting'].iloc[0]}/external.tsv", sep="\t")
     assert table1["dsc_mean"].iloc[1] == pytest.approx(best["dsc"].mean(), rel=1e-5)
+    card = json.loads((tiny_run / "synth/sigma~1/seed~0/privacy_card.json").read_text())
+    assert table1["epsilon"].iloc[-1] == pytest.approx(card["epsilon"]["rdp"])
 
 
 @pytest.mark.workflow
