@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+from dpmra import metrics
 from dpmra.metrics import METRICS, score_files, segmentation_metrics
 from dpmra.volumes import VolumeError
 
@@ -53,8 +54,11 @@ def single(shape: tuple[int, int, int], *voxels: tuple[int, int, int]) -> np.nda
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("density", [0.03, 0.3])
-def test_matches_brute_force(seed: int, density: float) -> None:
-    """Random sparse and dense volumes with anisotropic spacing agree with the pairwise-distance definitions."""
+@pytest.mark.parametrize("max_share", [0.0, 1.0], ids=["transforms", "kdtree"])
+def test_matches_brute_force(seed: int, density: float, max_share: float, monkeypatch) -> None:
+    """Random sparse and dense volumes with anisotropic spacing agree with the pairwise-distance definitions,
+    by either nearest-neighbour method."""
+    monkeypatch.setattr(metrics, "KDTREE_MAX_SHARE", max_share)
     rng = np.random.default_rng(seed)
     truth = rng.random(SHAPE) < density
     prediction = rng.random(SHAPE) < density

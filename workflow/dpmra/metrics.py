@@ -40,6 +40,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from dpmra.volumes import binary_values, check_same_grid, load_nifti
 
@@ -54,12 +55,34 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator)
 
 
+# Below this share of set voxels in the box, a k-d tree over voxel coordinates beats the
+# distance transforms (which cost the whole box); measured on a 312 x 384 x 127 vessel volume
+# (benchmarks/bench_predict.py): 0.7 s against 2.9 s at a 3 % share, while a dense untrained
+# prediction (25 % of the box) is about 6x faster with the transforms.
+KDTREE_MAX_SHARE = 1 / 8
+
+
 def _distances_to(target: np.ndarray, query: np.ndarray, sampling: tuple[float, float, float]) -> np.ndarray:
-    """Distance in mm from each `query` voxel centre to the nearest voxel centre of non-empty `target`."""
-    # The exact Euclidean feature transform of the complement of `target` gives every voxel the
-    # index of its nearest zero voxel in `sampling` units; the zeros are exactly the `target`
-    # voxels, so that is the nearest target voxel centre. Only the feature transform is asked for
-    # and distances are taken at the query voxels alone, cheaper than a full-grid distance map.
+    """Distance in mm from each `query` voxel centre (in np.nonzero order) to the nearest `target` voxel centre."""
+    if target.sum() + query.sum() <= KDTREE_MAX_SHARE * target.size:
+        return _distances_kdtree(target, query, sampling)
+    return _distances_edt(target, query, sampling)
+
+
+def _distances_kdtree(target: np.ndarray, query: np.ndarray, sampling: tuple[float, float, float]) -> np.ndarray:
+    """Nearest-neighbour distances by a k-d tree over the target's voxel centres in mm (exact)."""
+    scale = np.asarray(sampling)
+    tree = cKDTree(np.argwhere(target) * scale)
+    distances, _ = tree.query(np.argwhere(query) * scale, workers=-1)
+    return distances
+
+
+def _distances_edt(target: np.ndarray, query: np.ndarray, sampling: tuple[float, float, float]) -> np.ndarray:
+    """Nearest-neighbour distances from the exact Euclidean feature transform of the target's complement."""
+    # The feature transform gives every voxel the index of its nearest zero voxel in `sampling`
+    # units; the zeros are exactly the `target` voxels, so that is the nearest target voxel centre.
+    # Only the feature transform is asked for and distances are taken at the query voxels alone,
+    # cheaper than a full-grid distance map.
     nearest = ndimage.distance_transform_edt(~target, sampling=sampling, return_distances=False, return_indices=True)
     query_index = np.nonzero(query)
     offsets = np.stack([nearest[axis][query_index] - query_index[axis] for axis in range(3)], axis=-1)
