@@ -181,6 +181,158 @@ def cmd_tables(args: argparse.Namespace) -> None:
     write_tables(args.metrics, args.gan, args.sources, args.settings, args.splits, args.out)
 
 
+def cmd_quality(args: argparse.Namespace) -> None:
+    """Fréchet distances and SSIM diversity of one synthetic dataset."""
+    from dpmra.quality import run_quality
+
+    set_torch_threads(args.threads)
+    run_quality(
+        args.synthetic, args.train, args.test, args.out, args.backbone, args.weights, args.n, args.ssim_images, args.seed
+    )
+
+
+def cmd_ssim(args: argparse.Namespace) -> None:
+    """SSIM diversity of real patches, the quality table's reference row."""
+    from dpmra.quality import run_ssim_real
+
+    set_torch_threads(args.threads)
+    run_ssim_real(args.patches, args.out, args.ssim_images, args.seed)
+
+
+def cmd_tsne(args: argparse.Namespace) -> None:
+    """t-SNE table of real and synthetic patches."""
+    from dpmra.quality import run_tsne
+
+    groups = {}
+    for name, *files in args.group:
+        if not files or name in groups:
+            raise ValueError(f"--group {name}: give a new group name followed by at least one file")
+        groups[name] = [Path(f) for f in files]
+    set_torch_threads(args.threads)
+    run_tsne(groups, args.out, args.n_per_group, args.seed, args.backbone, args.weights, args.perplexity)
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    """Privacy audit of one synthetic dataset."""
+    from dpmra.audit import run_audit
+
+    run_audit(args.synthetic, args.train, args.holdout, args.out, args.seed, args.n_bootstrap)
+
+
+def cmd_quality_table(args: argparse.Namespace) -> None:
+    """Collect quality JSONs and privacy cards into quality.tsv."""
+    from dpmra.quality import write_quality_table
+
+    write_quality_table(args.quality, args.cards, args.real_ssim, args.out)
+
+
+def cmd_audit_table(args: argparse.Namespace) -> None:
+    """Collect audit JSONs and privacy cards into audit.tsv."""
+    from dpmra.audit import write_audit_table
+
+    write_audit_table(args.audit, args.cards, args.out)
+
+
+def cmd_privacy_table(args: argparse.Namespace) -> None:
+    """Gather every GAN run's privacy card into privacy.tsv and its HTML page."""
+    from dpmra.figures import write_privacy_table
+
+    write_privacy_table(args.cards, args.out, args.html)
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    """Draw one report figure from files under results/ (one file per --out, format by suffix)."""
+    from dpmra import figures
+
+    draw = {
+        "samples": lambda: figures.plot_samples(args.train_set, args.synth, args.privacy, args.out),
+        "utility": lambda: figures.plot_utility(args.summary, args.selection, args.privacy, args.split, args.out),
+        "accounting": lambda: figures.plot_accounting(args.summary, args.selection, args.privacy, args.out),
+        "error-maps": lambda: figures.plot_error_maps(
+            args.selection, args.privacy, args.predictions, args.data / args.patient / "image.nii.gz", args.patient,
+            args.out,
+        ),
+        "segmentation": lambda: figures.plot_segmentation(
+            args.selection, args.privacy, args.predictions, args.data, args.metrics, args.patient, args.out
+        ),
+        "fid": lambda: figures.plot_fid(args.quality, args.privacy, args.out),
+        "ssim": lambda: figures.plot_ssim(args.quality, args.privacy, args.out),
+        "tsne": lambda: figures.plot_tsne(args.tsne, args.privacy, args.out),
+        "audit": lambda: figures.plot_audit(args.audit, args.privacy, args.out),
+        "gan-curves": lambda: figures.plot_gan_curves(args.epochs, args.out),
+    }
+    draw[args.figure]()
+
+
+def cmd_table_html(args: argparse.Namespace) -> None:
+    """Render one result table as an HTML page for the report."""
+    from dpmra import figures
+
+    render = {
+        "table1": lambda: figures.write_table1_html(args.table1, args.selection, args.out),
+        "summary": lambda: figures.write_summary_html(args.summary, args.selection, args.out),
+        "quality": lambda: figures.write_quality_html(args.quality, args.out),
+        "audit": lambda: figures.write_audit_html(args.audit, args.out),
+    }
+    render[args.table]()
+
+
+FIGURE_INPUTS = {
+    "samples": ("train_set", "synth", "privacy"),
+    "utility": ("summary", "selection", "privacy", "split"),
+    "accounting": ("summary", "selection", "privacy"),
+    "error-maps": ("selection", "privacy", "predictions", "data", "patient"),
+    "segmentation": ("selection", "privacy", "predictions", "data", "metrics", "patient"),
+    "fid": ("quality", "privacy"),
+    "ssim": ("quality", "privacy"),
+    "tsne": ("tsne", "privacy"),
+    "audit": ("audit", "privacy"),
+    "gan-curves": ("epochs",),
+}
+TABLE_INPUTS = {
+    "table1": ("table1", "selection"),
+    "summary": ("summary", "selection"),
+    "quality": ("quality",),
+    "audit": ("audit",),
+}
+FIGURE_ARGUMENTS = {
+    "train_set": dict(type=Path, help="results/patches/train_set.npz"),
+    "synth": dict(type=Path, help="results/synth (one dataset.npz per run)"),
+    "privacy": dict(type=Path, help="results/tables/privacy.tsv"),
+    "summary": dict(type=Path, help="results/tables/summary.tsv"),
+    "selection": dict(type=Path, help="results/tables/selection.tsv"),
+    "table1": dict(type=Path, help="results/tables/table1.tsv"),
+    "split": dict(choices=("test", "external"), help="evaluation split"),
+    "predictions": dict(type=Path, help="results/predictions"),
+    "data": dict(type=Path, help="results/data (prepared volumes)"),
+    "metrics": dict(type=Path, help="results/metrics"),
+    "patient": dict(help="the test patient to show"),
+    "quality": dict(type=Path, help="results/tables/quality.tsv"),
+    "tsne": dict(type=Path, help="results/quality/tsne.tsv"),
+    "audit": dict(type=Path, help="results/tables/audit.tsv"),
+    "epochs": dict(type=Path, nargs="+", help="epochs.tsv of every GAN run"),
+}
+
+
+def add_report_parsers(sub) -> None:
+    """Subcommands of the figure stage: privacy-table, figure NAME, table-html NAME."""
+    p = sub.add_parser("privacy-table", help="privacy.tsv and privacy.html from every run's privacy card")
+    p.add_argument("cards", type=Path, nargs="+", help="privacy_card.json of every GAN run")
+    p.add_argument("--out", type=Path, required=True, help="output TSV")
+    p.add_argument("--html", type=Path, required=True, help="output HTML page")
+    p.set_defaults(func=cmd_privacy_table)
+    for command, choices, func in (("figure", FIGURE_INPUTS, cmd_figure), ("table-html", TABLE_INPUTS, cmd_table_html)):
+        p = sub.add_parser(command, help=f"draw one report {'figure' if command == 'figure' else 'table as HTML'}")
+        kinds = p.add_subparsers(dest="figure" if command == "figure" else "table", required=True)
+        for name, inputs in choices.items():
+            k = kinds.add_parser(name)
+            for option in inputs:
+                k.add_argument(f"--{option.replace('_', '-')}", required=True, **FIGURE_ARGUMENTS[option])
+            out_help = "output files (.png, .pdf)" if command == "figure" else "output .html"
+            k.add_argument("--out", type=Path, nargs="+" if command == "figure" else None, required=True, help=out_help)
+        p.set_defaults(func=func)
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a float > 0 (inf allowed)."""
     value = float(text)
@@ -322,6 +474,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=cmd_tables)
+    add_report_parsers(sub)
+
+    backbone_help = "auto (Inception-v3 if pytorch-fid and its weights are present, else random-cnn-s0-d256), "
+    backbone_help += "inception-v3, or random-cnn-s0-d256"
+    p = sub.add_parser("quality", help="Fréchet distances to real train/test patches and SSIM diversity (JSON)")
+    p.add_argument("--synthetic", type=Path, required=True, help="released dataset .npz (image 0..255)")
+    p.add_argument("--train", type=Path, nargs="+", required=True, help="patch files of the GAN's training patients")
+    p.add_argument("--test", type=Path, nargs="+", required=True, help="patch files of the test patients")
+    p.add_argument("--backbone", default="auto", help=backbone_help)
+    p.add_argument("--weights", type=Path, help="local pytorch-fid Inception weights (.pth); never downloaded")
+    p.add_argument("--n", type=int, required=True, help="images drawn from each set for the Fréchet distances")
+    p.add_argument("--ssim-images", type=int, default=1000, help="images for mean pairwise SSIM (paper 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output JSON")
+    p.set_defaults(func=cmd_quality)
+
+    p = sub.add_parser("ssim", help="mean pairwise SSIM of real patches (JSON)")
+    p.add_argument("patches", type=Path, nargs="+", help="patch files")
+    p.add_argument("--ssim-images", type=int, default=1000, help="images for mean pairwise SSIM (paper 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output JSON")
+    p.set_defaults(func=cmd_ssim)
+
+    p = sub.add_parser("tsne", help="t-SNE of real and synthetic patches on the Fréchet backbone's features (TSV)")
+    p.add_argument(
+        "--group", nargs="+", action="append", required=True, metavar=("NAME", "FILE"),
+        help="a source name and its .npz files; repeat per source",
+    )
+    p.add_argument("--n-per-group", type=int, required=True, help="images drawn from each group")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--backbone", default="auto", help=backbone_help)
+    p.add_argument("--weights", type=Path, help="local pytorch-fid Inception weights (.pth); never downloaded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output TSV: x, y, source, index")
+    p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser("audit", help="distance to closest record and membership attack on one synthetic dataset")
+    p.add_argument("--synthetic", type=Path, required=True, help="released dataset .npz (image 0..255)")
+    p.add_argument("--train", type=Path, nargs="+", required=True, help="patch files of the GAN's training patients")
+    p.add_argument("--holdout", type=Path, nargs="+", required=True, help="patch files of patients it never saw")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the attack's intervals")
+    p.add_argument("--out", type=Path, required=True, help="output directory: audit.json, dcr.tsv, near_copies.tsv")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("quality-table", help="quality.tsv from quality JSONs and privacy cards")
+    p.add_argument("--quality", type=Path, nargs="+", required=True, help="quality JSONs")
+    p.add_argument("--cards", type=Path, nargs="+", required=True, help="privacy cards, in the same order")
+    p.add_argument("--real-ssim", type=Path, help="JSON of `dpmra ssim` on real patches (the `real` row)")
+    p.add_argument("--out", type=Path, required=True, help="output TSV")
+    p.set_defaults(func=cmd_quality_table)
+
+    p = sub.add_parser("audit-table", help="audit.tsv from audit JSONs and privacy cards")
+    p.add_argument("--audit", type=Path, nargs="+", required=True, help="audit.json files")
+    p.add_argument("--cards", type=Path, nargs="+", required=True, help="privacy cards, in the same order")
+    p.add_argument("--out", type=Path, required=True, help="output TSV")
+    p.set_defaults(func=cmd_audit_table)
     return parser
 
 

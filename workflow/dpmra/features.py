@@ -38,30 +38,34 @@ INCEPTION_WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
 INCEPTION_DIMS = 2048
 
 
-def load_images(paths: list[Path]) -> np.ndarray:
-    """The `image` arrays of patch or dataset .npz files, concatenated and min-max scaled per patch to 0..255.
+def load_image_files(paths: list[Path]) -> list[np.ndarray]:
+    """The `image` array of each patch or dataset .npz file, min-max scaled per patch to 0..255.
 
     Real patches are in their volume's normalised units and released synthetic images are already per-patch
     min-max scaled to 0..255 (the paper's rule for generated images); applying that same rule to both puts them
     on one scale, and is a no-op (up to rounding) for the synthetic ones.
     """
+    if not paths:
+        raise ValueError("no image files given")
     parts = []
-    for path in paths:
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.is_file():
             raise ValueError(f"{path}: no such file")
         with np.load(path) as data:
             if "image" not in data.files:
                 raise ValueError(f"{path}: no array 'image' (has {', '.join(data.files) or 'none'})")
             image = data["image"]
-        if image.ndim != 3 or image.shape[1] != image.shape[2]:
-            raise ValueError(f"{path}: 'image' must be (n, P, P), got {image.shape}")
+        if image.ndim != 3 or image.shape[1] != image.shape[2] or len(image) == 0:
+            raise ValueError(f"{path}: 'image' must be (n >= 1, P, P), got {image.shape}")
         if parts and image.shape[1:] != parts[0].shape[1:]:
             raise ValueError(f"{path}: patches of {image.shape[1:]} differ from {paths[0]}'s {parts[0].shape[1:]}")
-        parts.append(image)
-    if not parts:
-        raise ValueError("no image files given")
-    return rescale_patches(np.concatenate(parts), 0.0, 255.0)
+        parts.append(rescale_patches(image, 0.0, 255.0))
+    return parts
+
+
+def load_images(paths: list[Path]) -> np.ndarray:
+    """All images of patch or dataset .npz files, concatenated, on the 0..255 scale (see load_image_files)."""
+    return np.concatenate(load_image_files(paths))
 
 
 def random_cnn() -> nn.Sequential:
@@ -105,7 +109,7 @@ def inception_unavailable(weights: Path | None) -> str | None:
     """Why the Inception-v3 backbone cannot run here (None if it can): pytorch-fid missing, or no weights on disk."""
     try:
         import_inception()
-    except ImportError as err:
+    except (ImportError, RuntimeError, AttributeError) as err:  # a torchvision built for another torch fails so
         return f"pytorch-fid is not importable ({err}); install the [fid] extra"
     if weights is None and hub_weights() is None:
         return (
