@@ -14,6 +14,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/gan.smk"
 include: "workflow/rules/synth.smk"
+include: "workflow/rules/quality.smk"
+include: "workflow/rules/audit.smk"
 include: "workflow/rules/unet.smk"
 include: "workflow/rules/evaluate.smk"
 

@@ -34,7 +34,7 @@ def test_dry_run_default_config(tmp_path):
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
     assert counts == {
-        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "synth": 3,
+        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "synth": 3, "quality": 3, "audit": 3, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
         "unet": 8, "predict": 48, "score": 24, "tables": 1, "all": 1,
     }
     assert {"sigma~inf/seed~0", "sigma~0.6986/seed~0", "sigma~1.548/seed~0"} <= {
@@ -160,6 +160,31 @@ def test_tiny_run_releases(tiny_run):
         with np.load(release / "dataset.npz") as npz:
             assert npz["image"].shape == npz["label"].shape == (120, 16, 16)
         assert nib.load(release / "labels.nii.gz").shape == (16, 16, 120)
+
+
+@pytest.mark.workflow
+def test_tiny_run_quality_and_audit(tiny_run):
+    quality = pd.read_csv(tiny_run / "tables/quality.tsv", sep="\t")
+    assert quality.columns.tolist() == [
+        "source", "sigma", "seed", "epsilon", "fd_backbone", "fd_train", "fd_test", "fd_gap", "ssim_mean"
+    ]
+    assert quality["source"].tolist() == ["sigma~inf/seed~0", "sigma~1/seed~0", "real"]
+    gans = quality.iloc[:2]
+    assert (gans["fd_backbone"] == "random-cnn-s0-d256").all() and (gans["fd_train"] > 0).all()
+    np.testing.assert_allclose(gans["fd_gap"], gans["fd_test"] - gans["fd_train"], rtol=1e-4)
+    assert quality["ssim_mean"].between(-1, 1).all()
+    card = json.loads((tiny_run / "synth/sigma~1/seed~0/privacy_card.json").read_text())
+    assert quality["epsilon"].iloc[1] == pytest.approx(card["epsilon"]["rdp"], rel=1e-5)
+    audit = pd.read_csv(tiny_run / "tables/audit.tsv", sep="\t")
+    assert audit.columns.tolist() == [
+        "source", "sigma", "seed", "epsilon", "dcr_train_median", "dcr_holdout_median", "near_copy_share",
+        "mia_auc", "mia_tpr_at_1fpr",
+    ]
+    assert audit["mia_auc"].between(0, 1).all() and audit["near_copy_share"].between(0, 1).all()
+    dcr = pd.read_csv(tiny_run / "audit/sigma~1/seed~0/dcr.tsv", sep="\t")
+    assert len(dcr) == 120 and dcr["dcr_train"].median() == pytest.approx(audit["dcr_train_median"].iloc[1], rel=1e-4)
+    tsne = pd.read_csv(tiny_run / "quality/tsne.tsv", sep="\t")
+    assert tsne.groupby("source").size().to_dict() == {"real": 20, "sigma~1/seed~0": 20, "sigma~inf/seed~0": 20}
 
 
 @pytest.mark.workflow

@@ -31,7 +31,7 @@ GALLERY_SIZE = 8
 STEWARD_NOTES = [
     "epsilon and delta bound what anyone holding this dataset (or the generator) can learn about any one "
     "training patch; a patient contributes many patches, so the bound per patient is weaker (group privacy).",
-    "epsilon_rdp is the bound the project reports; epsilon_prv is a tighter numerical estimate of the same "
+    "epsilon.rdp is the bound the project reports; epsilon.prv is a tighter numerical estimate of the same "
     "mechanism. Both hold only if the training seed and the training checkpoints stay private.",
     "sigma = inf means no privacy: the dataset may reproduce training patches; read the audit before sharing.",
 ]

@@ -34,6 +34,10 @@ SIGMAS = gan_sigmas(GAN, N_TRAIN)
 SYNTH = config["synth"]
 N_SYNTH = SYNTH["n"] or N_TRAIN
 GAN_SOURCES = expand("sigma~{sigma}/seed~{seed}", sigma=SIGMAS, seed=GAN["seeds"])
+QUALITY = config["quality"]
+AUDIT = config["audit"]
+# Frechet distances to held-out patients use the test split (the paper's), else validation.
+QUALITY_TEST_PATIENTS = patients_in("test") or patients_in("val")
 UNET = config["unet"]
 SETTINGS = unet_settings(UNET)
 # U-Net training sources: the real train patches and every released synthetic dataset.
@@ -85,6 +89,18 @@ def gan_runs(pattern: str) -> list[str]:
     return expand(pattern, sigma=SIGMAS, seed=GAN["seeds"])
 
 
+def weights_argument(wildcards) -> str:
+    """`--weights FILE` where the config names local Inception-v3 weights for FID."""
+    return f"--weights {QUALITY['weights']}" if QUALITY["weights"] else ""
+
+
+def tsne_groups(wildcards, input) -> str:
+    """`--group NAME FILE...` per source: the real train patches and every synthetic dataset."""
+    groups = [("real", input.real)]
+    groups += [(source, [path]) for source, path in zip(GAN_SOURCES, input.synthetic)]
+    return " ".join(f"--group {name} {' '.join(files)}" for name, files in groups)
+
+
 def unet_training_data(wildcards) -> list[str]:
     """Patch files a U-Net trains on: the train split's real patches, or one released synthetic dataset."""
     if wildcards.source == "real":
@@ -112,6 +128,9 @@ def all_targets() -> list[str]:
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/generator.pt"),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epsilon.png"),
         *gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),
+        "results/tables/quality.tsv",
+        "results/tables/audit.tsv",
+        "results/quality/tsne.tsv",
         "results/patches/train_set.npz",
         "results/patches/gallery.png",
         *expand("results/data/{patient}/mip.png", patient=patients.index),
