@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from dpmra.gan import GanParams, train_gan
-from dpmra.synth import ReleaseParams, release_dataset, to_dataset
+from dpmra import checkpoint
+from dpmra.features import RANDOM_CNN
+from dpmra.synth import ReleaseParams, Validation, generate, release_dataset, to_dataset
 
 PATCH = 16
 
@@ -24,7 +26,7 @@ def trained(tmp_path_factory, one_torch_thread) -> Path:
     x = rng.uniform(-1, 1, (40, 2, PATCH, PATCH)).astype(np.float32)
     x[:, 1] = np.sign(x[:, 1])
     np.savez(root / "train.npz", x=x)
-    params = GanParams(sigma=1.2, epochs=1, batch_size=8, width_g=4, width_d=4, latent_dim=8, seed=5)
+    params = GanParams(sigma=1.2, epochs=2, batch_size=8, width_g=4, width_d=4, latent_dim=8, seed=5)
     train_gan(root / "train.npz", root / "run", params)
     (root / "train.npz").unlink()  # release must not need the training data
     return root / "run"
@@ -49,7 +51,7 @@ def test_privacy_card_matches_the_accountant(trained: Path, tmp_path: Path):
     last = pd.read_csv(trained / "epochs.tsv", sep="\t").iloc[-1]
     assert card["epsilon"]["rdp"] == pytest.approx(last["epsilon_rdp"])
     assert card["epsilon"]["prv"] == pytest.approx(last["epsilon_prv"])
-    assert card["critic_steps"] == last["critic_steps"] and card["epochs"] == last["epoch"] == 1
+    assert card["critic_steps"] == last["critic_steps"] and card["epochs"] == last["epoch"] == 2
     assert card["sigma"] == 1.2 and card["seed"] == 5 and card["mode"] == "fresh"
     assert card["sample_rate"] == pytest.approx(8 / 40) and card["training_set_size"] == 40
     assert card["delta"] == pytest.approx(1 / 40)
@@ -89,3 +91,30 @@ def test_incomplete_generator_file_is_rejected(tmp_path: Path):
     with pytest.raises(ValueError, match="generator.pt: not a complete generator file"):
         release_dataset(tmp_path / "generator.pt", tmp_path / "out", ReleaseParams(n=1), "x")
     assert not (tmp_path / "out" / "privacy_card.json").exists()
+
+
+def test_val_fd_releases_the_epoch_closest_to_validation(trained: Path, tmp_path: Path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "V1.npz", image=rng.uniform(0, 255, (25, PATCH, PATCH)).astype(np.float32))
+    release = ReleaseParams(n=12, seed=4, checkpoint="val_fd", selection_samples=20)
+    card = release_dataset(
+        trained / "generator.pt", tmp_path / "out", release, "run", Validation([tmp_path / "V1.npz"], RANDOM_CNN)
+    )
+    chosen = card["release"]["checkpoint"]
+    scores = chosen["scores"]
+    assert [row["epoch"] for row in scores] == [1, 2] and all(row["n"] == 20 for row in scores)
+    assert chosen["epoch"] == min(scores, key=lambda row: row["fd"])["epoch"]
+    assert card["epochs"] == 2 and card["epsilon"]["rdp"] == pytest.approx(
+        pd.read_csv(trained / "epochs.tsv", sep="\t")["epsilon_rdp"].iloc[-1]
+    )
+    state = checkpoint.load(trained / "checkpoints" / f"epoch_{chosen['epoch']:03d}.pt")
+    expected, _ = to_dataset(
+        generate({"config": state["generator_config"], "state_dict": state["generator"]}, 12, 4), 0.8
+    )
+    with np.load(tmp_path / "out" / "dataset.npz") as npz:
+        np.testing.assert_array_equal(npz["image"], expected)
+
+
+def test_val_fd_needs_validation_patches(trained: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="needs the validation patients' patch files"):
+        release_dataset(trained / "generator.pt", tmp_path, ReleaseParams(n=2, checkpoint="val_fd"), "run")

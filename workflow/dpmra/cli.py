@@ -107,11 +107,18 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     """Sample one trained generator into a released dataset with its privacy card."""
-    from dpmra.synth import ReleaseParams, release_dataset
+    from dpmra.synth import ReleaseParams, Validation, release_dataset
 
     set_torch_threads(args.threads)
-    release = ReleaseParams(n=args.n, label_threshold=args.label_threshold, seed=args.seed)
-    release_dataset(args.generator, args.out, release, args.name)
+    release = ReleaseParams(
+        n=args.n,
+        label_threshold=args.label_threshold,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        selection_samples=args.selection_samples,
+    )
+    validation = Validation(args.validation or [], args.backbone, args.weights)
+    release_dataset(args.generator, args.out, release, args.name, validation)
 
 
 def cmd_metrics(args: argparse.Namespace) -> None:
@@ -423,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of generated pairs (paper 41,000)")
     p.add_argument("--label-threshold", type=float, default=0.8, help="on the label channel mapped to [0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (public randomness)")
+    p.add_argument(
+        "--checkpoint", choices=("last", "val_fd"), default="last",
+        help="release the last epoch, or the epoch closest (Frechet distance) to the validation patches",
+    )
+    p.add_argument("--validation", type=Path, nargs="+", help="validation patients' patch files (for val_fd)")
+    p.add_argument("--selection-samples", type=int, default=500, help="patches per Frechet distance (val_fd)")
+    p.add_argument("--backbone", default="auto", help="feature extractor for val_fd (as for `dpmra quality`)")
+    p.add_argument("--weights", type=Path, help="local Inception-v3 weights (.pth) for val_fd")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=cmd_synth)

@@ -17,10 +17,12 @@ Also the one loader every measurement uses (`load_images`), so real and syntheti
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import linalg
 from torch import nn
 
 from dpmra.intensity import rescale_patches
@@ -209,3 +211,40 @@ def extract_features(
         out.append(embed(prepare(batch)).double().cpu().numpy())
     dims = INCEPTION_DIMS if backbone == INCEPTION else RANDOM_CNN_WIDTHS[-1]
     return np.concatenate(out) if out else np.zeros((0, dims))
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample covariance (rows are samples) of a feature matrix, in float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"need a (n >= 2, d) feature matrix, got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2)), the Fréchet distance of two Gaussians.
+
+    Same numerical care as pytorch-fid's calculate_frechet_distance: when the product's square root is not
+    finite (near-singular covariances) eps is added to both diagonals, and an imaginary part left by sqrtm is
+    dropped only if the diagonal's is below 1e-3, else it is an error.
+    """
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (mu1.size, mu1.size):
+        raise ValueError(
+            f"mismatched statistics: means {mu1.shape}, {mu2.shape}; covariances {cov1.shape}, {cov2.shape}"
+        )
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        # scipy warns on singular products; the finiteness check below is pytorch-fid's response to them
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():
+            log.warning("Fréchet distance: singular covariance product; adding %g to the diagonals", eps)
+            offset = np.eye(len(cov1)) * eps
+            covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"Fréchet distance: imaginary component {np.max(np.abs(covmean.imag)):.3g} in sqrtm")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))

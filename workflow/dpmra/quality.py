@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 from sklearn.manifold import TSNE
 
 from dpmra.atomic import write_atomic
-from dpmra.features import backbone_name, extract_features, load_images, resolve_backbone
+from dpmra.features import (
+    backbone_name,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+    load_images,
+    resolve_backbone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,43 +46,6 @@ def write_json(data: dict, path: Path) -> None:
 def write_tsv(table: pd.DataFrame, path: Path) -> None:
     """Write a tab-separated table atomically."""
     write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
-
-
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample covariance (rows are samples) of a feature matrix, in float64."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or len(features) < 2:
-        raise ValueError(f"need a (n >= 2, d) feature matrix, got {features.shape}")
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2)), the Fréchet distance of two Gaussians.
-
-    Same numerical care as pytorch-fid's calculate_frechet_distance: when the product's square root is not
-    finite (near-singular covariances) eps is added to both diagonals, and an imaginary part left by sqrtm is
-    dropped only if the diagonal's is below 1e-3, else it is an error.
-    """
-    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    cov1, cov2 = np.atleast_2d(cov1), np.atleast_2d(cov2)
-    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (mu1.size, mu1.size):
-        raise ValueError(
-            f"mismatched statistics: means {mu1.shape}, {mu2.shape}; covariances {cov1.shape}, {cov2.shape}"
-        )
-    diff = mu1 - mu2
-    with warnings.catch_warnings():
-        # scipy warns on singular products; the finiteness check below is pytorch-fid's response to them
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov1 @ cov2)
-        if not np.isfinite(covmean).all():
-            log.warning("Fréchet distance: singular covariance product; adding %g to the diagonals", eps)
-            offset = np.eye(len(cov1)) * eps
-            covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"Fréchet distance: imaginary component {np.max(np.abs(covmean.imag)):.3g} in sqrtm")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
 
 
 def draw(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

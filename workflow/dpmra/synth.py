@@ -21,6 +21,14 @@ import torch
 
 from dpmra import __version__, checkpoint
 from dpmra.atomic import write_atomic
+from dpmra.features import (
+    backbone_name,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+    load_images,
+    resolve_backbone,
+)
 from dpmra.generator import Generator
 from dpmra.intensity import rescale_patches
 from dpmra.pictures import save_patch_gallery
@@ -28,6 +36,7 @@ from dpmra.pictures import save_patch_gallery
 log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 8
+CHECKPOINT_CHOICES = ("last", "val_fd")
 STEWARD_NOTES = [
     "epsilon and delta bound what anyone holding this dataset (or the generator) can learn about any one "
     "training patch; a patient contributes many patches, so the bound per patient is weaker (group privacy).",
@@ -47,10 +56,18 @@ class ReleaseParams:
     """Generated labels (tanh output mapped from [-1, 1] to [0, 1]) above this are vessel."""
     seed: int = 0
     """Seed of the latent vectors; sampling is public randomness, unrelated to the training seed."""
+    checkpoint: str = "last"
+    """Which epoch to release: "last", or "val_fd" (lowest Frechet distance to the validation patients)."""
+    selection_samples: int = 500
+    """Generated and validation patches per Frechet distance when choosing by "val_fd"."""
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.checkpoint not in CHECKPOINT_CHOICES:
+            raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {self.checkpoint!r}")
+        if self.selection_samples < 2:
+            raise ValueError(f"selection_samples must be >= 2, got {self.selection_samples}")
         if not 0 < self.label_threshold < 1:
             raise ValueError(f"label_threshold must be in (0, 1), got {self.label_threshold}")
 
@@ -102,6 +119,48 @@ def code_version() -> str:
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
 
 
+@dataclass(frozen=True)
+class Validation:
+    """Held-out patches (never training data) and the feature extractor that judge the epochs for "val_fd"."""
+
+    patches: list[Path]
+    backbone: str = "auto"
+    weights: Path | None = None
+
+
+def epoch_generators(run_dir: Path) -> list[tuple[int, dict]]:
+    """(epoch, {"config", "state_dict"}) of every epoch checkpoint of a GAN run, in epoch order."""
+    paths = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
+    if not paths:
+        raise ValueError(f"{run_dir / 'checkpoints'}: no epoch checkpoints to choose from")
+    generators = []
+    for path in paths:
+        state = checkpoint.load(path)
+        generators.append((state["epoch"], {"config": state["generator_config"], "state_dict": state["generator"]}))
+    return generators
+
+
+def choose_by_validation(run_dir: Path, release: ReleaseParams, validation: Validation) -> tuple[dict, list[dict]]:
+    """The epoch generator whose samples have the lowest Frechet distance to the validation patients' patches,
+    and every epoch's distance.
+
+    Reads the run's checkpoints and held-out patches only: no training data outside the accounted training.
+    """
+    backbone = resolve_backbone(validation.backbone, validation.weights)
+    real = load_images(validation.patches)
+    real = real[np.random.default_rng(release.seed).permutation(len(real))[: release.selection_samples]]
+    real_stats = feature_statistics(extract_features(real, backbone, validation.weights))
+    scores, generators = [], {}
+    for epoch, stored in epoch_generators(run_dir):
+        image, _ = to_dataset(generate(stored, len(real), release.seed), release.label_threshold)
+        fd = frechet_distance(*feature_statistics(extract_features(image, backbone, validation.weights)), *real_stats)
+        scores.append({"epoch": epoch, "fd": fd, "fd_backbone": backbone_name(backbone), "n": len(real)})
+        generators[epoch] = stored
+        log.info("epoch %d: Frechet distance to the validation patches %.4g", epoch, fd)
+    best = min(scores, key=lambda row: row["fd"])["epoch"]
+    return generators[best], scores
+
+
 def _json_sigma(sigma: float) -> float | str:
     """sigma as JSON: a number, or the string 'inf' for the non-private run (JSON has no infinity)."""
     return sigma if math.isfinite(sigma) else "inf"
@@ -112,7 +171,21 @@ def _json_epsilon(value: float) -> float | str:
     return float(value) if math.isfinite(value) else "inf"
 
 
-def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str) -> dict:
+def checkpoint_description(stored: dict, scores: list[dict]) -> dict:
+    """The card's account of which epoch was released and why."""
+    if not scores:
+        return {"epoch": stored["epochs"], "chosen_by": "last epoch"}
+    best = min(scores, key=lambda row: row["fd"])
+    return {
+        "epoch": best["epoch"],
+        "chosen_by": f"lowest Frechet distance ({best['fd_backbone']}, {best['n']} patches) to the validation "
+        "patients' patches; those patches are not covered by epsilon, and epsilon is that of the whole run "
+        "because the choice saw every epoch",
+        "scores": scores,
+    }
+
+
+def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str, scores: list[dict]) -> dict:
     """What a data steward needs to decide on sharing: the mechanism, its accounting, and the release."""
     params = stored["params"]
     config = {"gan": params, "release": asdict(release)}
@@ -133,7 +206,7 @@ def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str) -> dic
         "n_critic": params["n_critic"],
         "max_grad_norm": params["max_grad_norm"],
         "release": {
-            "checkpoint": f"last epoch ({stored['epochs']})",
+            "checkpoint": checkpoint_description(stored, scores),
             "n": release.n,
             "label_threshold": release.label_threshold,
             "sampling_seed": release.seed,
@@ -151,16 +224,31 @@ def write_stack(volume: np.ndarray, path: Path) -> None:
     write_atomic(path, lambda tmp: nib.save(nib.Nifti1Image(stack, np.eye(4)), str(tmp)))
 
 
-def release_dataset(generator_path: Path, out_dir: Path, release: ReleaseParams, dataset_name: str) -> dict:
-    """Write dataset.npz, image and label stacks, a gallery and privacy_card.json; return the card."""
+def release_dataset(
+    generator_path: Path,
+    out_dir: Path,
+    release: ReleaseParams,
+    dataset_name: str,
+    validation: Validation | None = None,
+) -> dict:
+    """Write dataset.npz, image and label stacks, a gallery and privacy_card.json; return the card.
+
+    The last epoch's generator is released, or with ``release.checkpoint == "val_fd"`` the epoch chosen
+    on ``validation``; the card's epsilon is always that of the whole run.
+    """
     out_dir = Path(out_dir)
     stored = load_release(generator_path)
+    generator, scores = stored, []
+    if release.checkpoint == "val_fd":
+        if validation is None or not validation.patches:
+            raise ValueError("checkpoint 'val_fd' needs the validation patients' patch files")
+        generator, scores = choose_by_validation(Path(generator_path).parent, release, validation)
     log.info("%s: sampling %d pairs (sampling seed %d)", dataset_name, release.n, release.seed)
-    image, label = to_dataset(generate(stored, release.n, release.seed), release.label_threshold)
+    image, label = to_dataset(generate(generator, release.n, release.seed), release.label_threshold)
     write_atomic(out_dir / "dataset.npz", lambda tmp: np.savez_compressed(tmp, image=image, label=label))
     write_stack(image, out_dir / "images.nii.gz")
     write_stack(label * 255, out_dir / "labels.nii.gz")
-    card = privacy_card(stored, release, dataset_name)
+    card = privacy_card(stored, release, dataset_name, scores)
     eps = card["epsilon"]
     save_patch_gallery(
         image[:GALLERY_SIZE],

@@ -2,7 +2,9 @@ rule audit:
     input:
         synthetic="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
         train=expand("results/patches/{patient}.npz", patient=patients_in("train")),
-        holdout=expand("results/patches/{patient}.npz", patient=patients_in("val", "test")),
+        holdout=expand(
+            "results/patches/{patient}.npz", patient=patients_in("val", "test")
+        ),
     output:
         summary="results/audit/sigma~{sigma}/seed~{seed}/audit.json",
         dcr="results/audit/sigma~{sigma}/seed~{seed}/dcr.tsv",

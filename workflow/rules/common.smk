@@ -94,6 +94,23 @@ def weights_argument(wildcards) -> str:
     return f"--weights {QUALITY['weights']}" if QUALITY["weights"] else ""
 
 
+def validation_patches(wildcards) -> list[str]:
+    """The validation patients' patch files, an input of the release only when it chooses the epoch by val_fd."""
+    if SYNTH["checkpoint"] != "val_fd":
+        return []
+    return expand("results/patches/{patient}.npz", patient=patients_in("val"))
+
+
+def selection_arguments(wildcards, input) -> str:
+    """The validation patches and feature extractor when the release checkpoint is chosen by val_fd."""
+    if SYNTH["checkpoint"] != "val_fd":
+        return ""
+    return (
+        f"--validation {' '.join(input.validation)} --selection-samples {SYNTH['selection_samples']} "
+        f"--backbone {QUALITY['backbone']} {weights_argument(wildcards)}"
+    )
+
+
 def tsne_groups(wildcards, input) -> str:
     """`--group NAME FILE...` per source: the real train patches and every synthetic dataset."""
     groups = [("real", input.real)]

@@ -1,6 +1,7 @@
 rule synth:
     input:
-        "results/gan/sigma~{sigma}/seed~{seed}/generator.pt",
+        generator="results/gan/sigma~{sigma}/seed~{seed}/generator.pt",
+        validation=validation_patches,
     output:
         dataset="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
         images="results/synth/sigma~{sigma}/seed~{seed}/images.nii.gz",
@@ -27,8 +28,11 @@ rule synth:
         n=N_SYNTH,
         label_threshold=SYNTH["label_threshold"],
         seed=SYNTH["seed"],
+        checkpoint=SYNTH["checkpoint"],
+        selection=selection_arguments,
         out_dir=lambda wildcards, output: os.path.dirname(output.dataset),
     shell:
-        "dpmra synth --generator {input} --name sigma~{wildcards.sigma}/seed~{wildcards.seed} "
+        "dpmra synth --generator {input.generator} --name sigma~{wildcards.sigma}/seed~{wildcards.seed} "
         "--n {params.n} --label-threshold {params.label_threshold} --seed {params.seed} "
+        "--checkpoint {params.checkpoint} {params.selection} "
         "--threads {threads} --out {params.out_dir} > {log} 2>&1"
