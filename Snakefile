@@ -18,6 +18,7 @@ include: "workflow/rules/quality.smk"
 include: "workflow/rules/audit.smk"
 include: "workflow/rules/unet.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

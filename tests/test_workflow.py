@@ -35,7 +35,10 @@ def test_dry_run_default_config(tmp_path):
     counts = job_counts(result.stdout)
     assert counts == {
         "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "synth": 3, "quality": 3, "audit": 3, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
-        "unet": 8, "predict": 48, "score": 24, "tables": 1, "all": 1,
+        "unet": 8, "predict": 48, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
+        "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
+        "fig7_segmentation": 1, "fig8_ssim": 1, "fig9_tsne": 1, "privacy_utility_figure": 1, "audit_figure": 1,
+        "gan_curves_figure": 1, "table1_html": 1, "summary_html": 1, "quality_html": 1, "audit_html": 1,
     }
     assert {"sigma~inf/seed~0", "sigma~0.6986/seed~0", "sigma~1.548/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line

@@ -132,10 +132,47 @@ def split_files(pattern: str):
     )
 
 
+def figure_targets() -> list[str]:
+    """The report's figures (PNG and PDF) and HTML tables, for the evaluation splits this config has."""
+    names = [
+        "fig2_samples",
+        "fig6_fid",
+        "fig8_ssim",
+        "fig9_tsne",
+        "gan_curves",
+        "audit",
+    ]
+    tables = ["privacy", "quality", "audit", "summary"]
+    if "test" in EVAL_SPLITS:
+        names += ["fig3_test_utility", "fig4_error_maps", "fig7_segmentation"]
+    if "external" in EVAL_SPLITS:
+        names.append("fig5_external_utility")
+    if "test" in EVAL_SPLITS or "external" in EVAL_SPLITS:
+        names.append("privacy_utility")
+        tables.append("table1")
+    return [
+        *expand("results/figures/{name}.{ext}", name=names, ext=("png", "pdf")),
+        *expand("results/tables/{table}.html", table=tables),
+    ]
+
+
+def showcase_patient(wildcards=None) -> str:
+    """The test patient shown in Fig. 4 and Fig. 7: the first of the test split."""
+    return patients_in("test")[0]
+
+
+def showcase_files(pattern: str):
+    """An input function: `pattern` for the showcase patient, over every U-Net (the selected one is read at run time)."""
+    return lambda wildcards: expand(
+        pattern, source=UNET_SOURCES, setting=SETTINGS, patient=showcase_patient()
+    )
+
+
 def all_targets() -> list[str]:
     """Everything the workflow builds so far."""
     return [
         "results/tables/table1.tsv",
+        *figure_targets(),
         *expand(
             "results/predictions/{source}/{setting}/{patient}/error_map.nii.gz",
             source=UNET_SOURCES,
