@@ -1,13 +1,16 @@
-"""Atomic file writes: write under a temporary name beside the target, then rename onto it.
+"""Atomic file writes (any file, JSON, TSV): write under a temporary name beside the target, then rename onto it.
 
 A run killed while writing leaves the previous file (or none), never a truncated one with the final name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+import pandas as pd
 
 
 def atomic_path(path: Path) -> Path:
@@ -27,3 +30,13 @@ def write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write one JSON object (indented, newline-terminated) atomically."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_tsv(table: pd.DataFrame, path: Path) -> None:
+    """Write a tab-separated table with a header row and 6 significant digits, atomically."""
+    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))

@@ -20,7 +20,8 @@ import pandas as pd
 from sklearn.metrics import auc, roc_curve
 from tqdm import tqdm
 
-from dpmra.atomic import write_atomic
+from dpmra.atomic import write_json, write_tsv
+from dpmra.cards import card_columns
 from dpmra.features import load_image_files
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,6 @@ NEAR_COPY_PERCENTILE = 5.0  # of held-out-to-training distances
 ATTACK_FPR = 0.01
 DISTANCE = "Euclidean over image pixels (label excluded), each patch min-max scaled to 0..255"
 BLOCK = 2048  # images per block of queries or references: a 32 MB float64 distance block
-
-
-def write_json(data: dict, path: Path) -> None:
-    """Write one JSON object atomically."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def write_tsv(table: pd.DataFrame, path: Path) -> None:
-    """Write a tab-separated table atomically."""
-    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
 
 
 def rows(images: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -241,25 +232,6 @@ def run_audit(
         summary["mia_auc"], summary["mia_auc_low"], summary["mia_auc_high"], summary["mia_tpr_at_1fpr"],
     )
     return summary
-
-
-def card_columns(card: Path) -> dict:
-    """source, sigma, seed and (RDP) epsilon of a synthetic dataset, from its privacy card.
-
-    The source is the card's directory below the synth root, `sigma~{sigma}/seed~{seed}`.
-    """
-    card = Path(card)
-    try:
-        data = json.loads(card.read_text())
-        epsilon = data["epsilon"]["rdp"]
-        return {
-            "source": "/".join(card.parent.parts[-2:]),
-            "sigma": float(data["sigma"]),
-            "seed": int(data["seed"]),
-            "epsilon": math.inf if epsilon is None else float(epsilon),
-        }
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{card}: not a privacy card with sigma, seed and epsilon.rdp ({err!r})") from err
 
 
 def audit_table(audit_files: list[Path], cards: list[Path]) -> pd.DataFrame:

@@ -9,16 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from dpmra.metrics import METRICS, score_files
-from dpmra.atomic import write_atomic
+from dpmra.atomic import write_tsv
 
 log = logging.getLogger(__name__)
 
 TABLE1_SPLITS = ("test", "external")
-
-
-def write_tsv(table: pd.DataFrame, path: Path) -> None:
-    """Write a tab-separated table atomically."""
-    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
 
 
 def score_split(patients: list[str], data_dir: Path, prediction_dir: Path, out: Path) -> pd.DataFrame:

@@ -8,7 +8,6 @@ reads from the same table. Each plotting function returns the data frame it plot
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -25,7 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from dpmra.atomic import write_atomic
+from dpmra.atomic import write_tsv
+from dpmra.cards import card_epsilon, read_card
 from dpmra.html_tables import Section, mean_sd, number, write_page
 from dpmra.pictures import new_figure, save_figure
 
@@ -77,19 +77,14 @@ def sigma_value(label: str) -> float:
     return float(label)
 
 
-def card_epsilon(value: float | str | None) -> float:
-    """An epsilon from a privacy card: a number, or 'inf' (or null) where no privacy holds."""
-    return math.inf if value is None else float(value)
-
-
 def privacy_row(card_path: Path) -> dict:
     """One GAN run's privacy accounting, from its privacy card; sigma and seed from the card's directory."""
     card_path = Path(card_path)
     parsed = parse_source(card_path.parent.as_posix())
     if parsed is None:
         raise ValueError(f"{card_path}: not under sigma~{{sigma}}/seed~{{seed}}/")
+    card = read_card(card_path)
     try:
-        card = json.loads(card_path.read_text())
         epsilon = card["epsilon"]
         return {
             "source": f"sigma~{parsed[0]}/seed~{parsed[1]}",
@@ -116,11 +111,6 @@ def privacy_table(cards: Iterable[Path]) -> pd.DataFrame:
 def read_privacy(path: Path) -> pd.DataFrame:
     """privacy.tsv with sigma kept as its label (`inf`, `0.65`) and epsilon as floats (inf allowed)."""
     return pd.read_csv(path, sep="\t", dtype={"sigma": str, "source": str, "mode": str})
-
-
-def write_tsv(table: pd.DataFrame, path: Path) -> None:
-    """Write a tab-separated table atomically."""
-    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
 
 
 def write_privacy_table(cards: list[Path], out: Path, html: Path) -> pd.DataFrame:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.manifold import TSNE
 
-from dpmra.atomic import write_atomic
+from dpmra.atomic import write_json, write_tsv
+from dpmra.cards import card_columns
 from dpmra.features import (
     backbone_name,
     extract_features,
@@ -36,16 +36,6 @@ SSIM_WINDOW = 7  # scikit-image's default for structural_similarity with gaussia
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 SSIM_CHUNK_POSITIONS = 64  # window positions per chunk
 SSIM_BLOCK = 128  # images per block of pairs; only blocks on or above the diagonal are computed
-
-
-def write_json(data: dict, path: Path) -> None:
-    """Write one JSON object atomically."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def write_tsv(table: pd.DataFrame, path: Path) -> None:
-    """Write a tab-separated table atomically."""
-    write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, float_format="%.6g"))
 
 
 def draw(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -243,25 +233,6 @@ def run_tsne(
     )
     write_tsv(table, out)
     return table
-
-
-def card_columns(card: Path) -> dict:
-    """source, sigma, seed and (RDP) epsilon of a synthetic dataset, from its privacy card.
-
-    The source is the card's directory below the synth root, `sigma~{sigma}/seed~{seed}`.
-    """
-    card = Path(card)
-    try:
-        data = json.loads(card.read_text())
-        epsilon = data["epsilon"]["rdp"]
-        return {
-            "source": "/".join(card.parent.parts[-2:]),
-            "sigma": float(data["sigma"]),
-            "seed": int(data["seed"]),
-            "epsilon": math.inf if epsilon is None else float(epsilon),
-        }
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{card}: not a privacy card with sigma, seed and epsilon.rdp ({err!r})") from err
 
 
 def read_json(path: Path) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dpmra import __version__, checkpoint
-from dpmra.atomic import write_atomic
+from dpmra.atomic import write_atomic, write_json
 from dpmra.features import (
     backbone_name,
     extract_features,
@@ -256,7 +256,7 @@ def release_dataset(
         out_dir / "gallery.png",
         title=f"{dataset_name}: epsilon {eps.get('rdp')} (RDP), delta {card['delta']:.3g}",
     )
-    write_atomic(out_dir / "privacy_card.json", lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    write_json(card, out_dir / "privacy_card.json")
     log.info(
         "%s: %d pairs, vessel share %.4f, epsilon %s -> %s", dataset_name, release.n, label.mean(), eps, out_dir
     )
