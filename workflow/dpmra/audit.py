@@ -93,26 +93,30 @@ def distance_to_closest_record(
 ) -> DcrResult:
     """Each synthetic patch's nearest training and nearest held-out patch, and the near copies among them.
 
-    Nearest-neighbour distances shrink as the reference set grows, so training and held-out references are drawn
-    to the same size (the smaller set's, seeded, without replacement) before the two distributions are compared.
-    A near copy is a synthetic patch closer to a training patch than the 5th percentile of the distances from
-    held-out patches to their nearest training patch: closer than real patients of other people usually come.
-    Indices refer to the full train and holdout arrays.
+    Per patch and for near copies, the references are the full training and held-out sets. A near copy is a
+    synthetic patch closer to a training patch than the 5th percentile of the distances from held-out patches to
+    their nearest training patch (the same reference set): closer than real patients of other people usually come.
+    Nearest-neighbour distances shrink as the reference set grows, so the two medians compared in the summary
+    are taken against references drawn to the same size (the smaller set's, seeded, without replacement).
     """
     if min(len(synthetic), len(train), len(holdout)) < 1:
         raise ValueError(f"DCR needs images in every set, got {len(synthetic)}, {len(train)}, {len(holdout)}")
-    train_ref, holdout_ref = equal_draw(len(train), len(holdout), np.random.default_rng(seed))
-    train_index, dcr_train = nearest(synthetic, train[train_ref], "DCR train")
-    holdout_index, dcr_holdout = nearest(synthetic, holdout[holdout_ref], "DCR holdout")
-    _, holdout_to_train = nearest(holdout[holdout_ref], train[train_ref], "holdout to train")
+    train_index, dcr_train = nearest(synthetic, train, "DCR train")
+    holdout_index, dcr_holdout = nearest(synthetic, holdout, "DCR holdout")
+    _, holdout_to_train = nearest(holdout, train, "holdout to train")
     threshold = float(np.percentile(holdout_to_train, NEAR_COPY_PERCENTILE))
     near = dcr_train < threshold
+    train_ref, holdout_ref = equal_draw(len(train), len(holdout), np.random.default_rng(seed))
+    matched_train = dcr_train if len(train_ref) == len(train) else nearest(synthetic, train[train_ref], "DCR")[1]
+    matched_holdout = (
+        dcr_holdout if len(holdout_ref) == len(holdout) else nearest(synthetic, holdout[holdout_ref], "DCR")[1]
+    )
     per_patch = pd.DataFrame(
         {
             "synthetic_index": np.arange(len(synthetic)),
-            "train_index": train_ref[train_index],
+            "train_index": train_index,
             "dcr_train": dcr_train,
-            "holdout_index": holdout_ref[holdout_index],
+            "holdout_index": holdout_index,
             "dcr_holdout": dcr_holdout,
             "near_copy": near.astype(int),
         }
@@ -124,8 +128,8 @@ def distance_to_closest_record(
         .reset_index(drop=True)
     )
     summary = {
-        "dcr_train_median": float(np.median(dcr_train)),
-        "dcr_holdout_median": float(np.median(dcr_holdout)),
+        "dcr_train_median": float(np.median(matched_train)),
+        "dcr_holdout_median": float(np.median(matched_holdout)),
         "near_copy_threshold": threshold,
         "near_copy_share": float(near.mean()),
         "n_near_copies": int(near.sum()),
