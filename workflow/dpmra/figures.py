@@ -267,6 +267,11 @@ def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, met
     )
     for _, run in runs.iterrows():
         ax.plot(x(run["epsilon_rdp"]), run[metric], "o", mfc="none", mec=palette[run["sigma"]], ms=6, alpha=0.7)
+        if np.isinf(run[metric]):  # e.g. bAHD of an empty segmentation: shown, not silently dropped
+            ax.annotate(
+                "∞", (x(run["epsilon_rdp"]), 0.97), xycoords=("data", "axes fraction"),
+                ha="center", va="top", fontsize=16, color=palette[run["sigma"]],
+            )
     for _, row in by_sigma.iterrows():
         colour, pos = palette[row["sigma"]], x(row["epsilon"])
         sd = row[sd_col] if not math.isnan(row[sd_col]) else None
