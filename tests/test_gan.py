@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -129,10 +130,23 @@ def test_kill_and_resume_matches_uninterrupted(train_set: Path, tmp_path: Path, 
     )
 
 
-def test_resume_refuses_other_parameters(train_set: Path, tmp_path: Path) -> None:
-    train_gan(train_set, tmp_path, replace(TINY, epochs=1))
-    with pytest.raises(ValueError, match="sigma"):
-        train_gan(train_set, tmp_path, replace(TINY, sigma=2.0))
+def test_checkpoints_of_another_run_are_discarded(train_set: Path, tmp_path: Path, caplog) -> None:
+    """Other settings, other data or fewer epochs: the kept checkpoints are deleted and training starts afresh."""
+    fresh = replace(TINY, sigma=2.0, epochs=1)
+    train_gan(train_set, tmp_path / "fresh", fresh)
+    train_gan(train_set, tmp_path / "run", TINY)
+    caplog.set_level(logging.INFO, logger="dpmra.gan")
+    train_gan(train_set, tmp_path / "run", fresh)
+    assert "discarding" in caplog.text and "sigma: 1.0 -> 2.0" in caplog.text
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch_001.pt"]
+    fresh_table = pd.read_csv(tmp_path / "fresh" / "epochs.tsv", sep="\t").drop(columns="seconds")
+    run_table = pd.read_csv(tmp_path / "run" / "epochs.tsv", sep="\t").drop(columns="seconds")
+    pd.testing.assert_frame_equal(run_table, fresh_table)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=synthetic_patches(N, PATCH, seed=9))
+    caplog.clear()
+    train_gan(other, tmp_path / "run", fresh)
+    assert "other training data" in caplog.text
 
 
 def test_paper_mode_reports_both_epsilons(train_set: Path, tmp_path: Path) -> None:

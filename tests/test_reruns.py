@@ -164,11 +164,6 @@ def test_changing_the_patch_seed_reruns_everything_downstream(finished_run, tmp_
     assert {job.branch() for job in jobs if job.rule == "unet"} == {"real", "sigma~inf/seed~0", "sigma~1/seed~0"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflow/rules/data.smk passes the phantom seed as numpy.int64, which Snakemake cannot record "
-    "(its params trigger skips non-builtin values): wrap it in int(...) and remove this marker",
-)
 def test_changing_the_phantom_seed_reruns_everything(finished_run, tmp_path):
     """data.phantom.seed: new subjects, hence every job of the workflow."""
     config = write_config(tmp_path, "phantom_seed", lambda c: c["data"]["phantom"].update(seed=7))
@@ -178,12 +173,6 @@ def test_changing_the_phantom_seed_reruns_everything(finished_run, tmp_path):
     assert {"prepare", "patches", "training_set", "gan", "synth", "unet", "predict", "score", "tables"} <= rules
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gan rule's sample-grid output is named after gan.epochs (samples/epoch_NNN.png), so after an "
-    "epochs change one output has no metadata and Snakemake skips the params check ('jobs have missing "
-    "provenance/metadata'): name it independently of epochs and remove this marker",
-)
 def test_changing_gan_epochs_retrains_gans(finished_run, tmp_path):
     config = write_config(tmp_path, "gan_epochs", lambda c: c["gan"].update(epochs=3))
     jobs = dry_run(finished_run, config)
@@ -211,7 +200,6 @@ main(sys.argv[1:])
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the phantom seed (see test_changing_the_phantom_seed_reruns_everything)")
 def test_every_param_is_recorded(finished_run):
     """A param Snakemake cannot serialise (e.g. a numpy number) is silently left out of the rerun check."""
     import subprocess

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -226,13 +228,21 @@ def test_kill_and_resume_equals_an_uninterrupted_run(cpu_only, sources, tmp_path
     assert resumed["loss"].tolist() == straight["loss"].tolist()
 
 
-def test_resume_refuses_other_settings_or_fewer_epochs(trained, sources) -> None:
-    with pytest.raises(ValueError, match="different parameters"):
-        train_unet(sources, trained, replace(TINY, lr=1e-3))
-    with pytest.raises(ValueError, match="beyond the requested"):
-        train_unet(sources, trained, replace(TINY, epochs=1))
-    with pytest.raises(ValueError, match="other training data"):
-        train_unet(sources[:1], trained, TINY)
+@pytest.mark.parametrize(
+    "change, reason",
+    [("lr", "different parameters"), ("epochs", "beyond the requested"), ("data", "other training data")],
+)
+def test_checkpoint_of_another_run_is_discarded(trained, sources, tmp_path, caplog, change, reason) -> None:
+    """After a change Snakemake reruns the job: the kept checkpoint is deleted and training starts afresh."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    params = {"lr": replace(TINY, lr=1e-3), "epochs": replace(TINY, epochs=1), "data": TINY}[change]
+    data = sources[:1] if change == "data" else sources
+    caplog.set_level(logging.INFO, logger="dpmra.segment")
+    train_unet(data, run, params)
+    assert reason in caplog.text
+    train_unet(data, tmp_path / "straight", params)
+    assert same_weights(tmp_path / "straight" / "model.pt", run / "model.pt")
 
 
 # --- tiling --------------------------------------------------------------------------

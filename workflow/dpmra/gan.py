@@ -27,6 +27,7 @@ keep the seed and the checkpoints private.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -169,6 +170,7 @@ class WganTrainer:
         self.expected_batch = self.sample_rate * n
         self.iterations_per_epoch = max(1, round(1 / self.sample_rate))
         self.delta = params.delta if params.delta is not None else 1.0 / n
+        self.data_fingerprint = hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest()
         seeds = _seeds(params.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds["init"])
@@ -312,12 +314,15 @@ class WganTrainer:
             "accountant": self.accountant.state_dict(),
             "rows": self.rows,
             "params": asdict(self.params),
+            "data": self.data_fingerprint,
             "generator_config": self.generator.config(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state written by ``state_dict`` of a run with the same params (epochs may differ)."""
-        _check_same_run(state["params"], self.params)
+        """Restore a state written by ``state_dict`` of this run (see ``resume_conflict``)."""
+        conflict = self.resume_conflict(state)
+        if conflict:
+            raise ValueError(f"checkpoint is not of this run: {conflict}")
         self.epoch = state["epoch"]
         self.critic_steps = state["critic_steps"]
         self.generator_steps = state["generator_steps"]
@@ -329,6 +334,20 @@ class WganTrainer:
             gen.set_state(state["rng"][name].cpu())  # generator states are CPU byte tensors
         self.accountant.load_state_dict(state["accountant"])
         self.rows = [dict(r) for r in state["rows"]]
+
+    def resume_conflict(self, state: dict) -> str | None:
+        """Why a checkpoint cannot continue this run (other settings, other data, beyond the epochs), or None."""
+        current = asdict(self.params)
+        stored = state["params"]
+        differ = [f.name for f in fields(GanParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]]
+        if differ:
+            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
+            return f"different parameters ({changes})"
+        if state.get("data") != self.data_fingerprint:
+            return "other training data"
+        if state["epoch"] > self.params.epochs:
+            return f"epoch {state['epoch']} is beyond the requested {self.params.epochs}"
+        return None
 
     @torch.no_grad()
     def sample_fixed(self) -> np.ndarray:
@@ -345,17 +364,6 @@ def _score_gap(real_scores: Tensor, fake_scores: Tensor) -> float:
     if real_scores.numel() == 0:
         return math.nan
     return (real_scores.mean() - fake_scores.mean()).item()
-
-
-def _check_same_run(stored: dict, params: GanParams) -> None:
-    """Refuse to resume a checkpoint written with different settings (other than epochs)."""
-    current = asdict(params)
-    differ = [
-        f.name for f in fields(GanParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]
-    ]
-    if differ:
-        details = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
-        raise ValueError(f"checkpoint is from a run with different parameters ({details})")
 
 
 # --- outputs -----------------------------------------------------------------------
@@ -456,6 +464,23 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
 # --- the stage ---------------------------------------------------------------------
 
 
+def resume(trainer: WganTrainer, ckpt_dir: Path, device: torch.device) -> None:
+    """Continue from the latest checkpoint of this run; checkpoints of another run are deleted, not trusted.
+
+    Snakemake reruns a GAN job when its settings or training data change; the checkpoints it kept are
+    then from another run (or, with fewer epochs, beyond this one), and training starts afresh.
+    """
+    for path in sorted(ckpt_dir.glob("epoch_*.pt"), reverse=True):
+        state = checkpoint.load(path, map_location=device)
+        conflict = trainer.resume_conflict(state)
+        if conflict is None:
+            trainer.load_state_dict(state)
+            logger.info("resuming from %s (epoch %d)", path, trainer.epoch)
+            return
+        logger.info("discarding %s: %s", path, conflict)
+        path.unlink()
+
+
 def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
     """Train (or resume) a WGAN on ``train_set`` and write checkpoints, tables, plots, generator.pt.
 
@@ -467,12 +492,7 @@ def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     device = default_device()
     trainer = WganTrainer(load_training_set(train_set), params, device)
-    latest = checkpoint.latest_epoch_checkpoint(ckpt_dir)
-    if latest is not None:
-        trainer.load_state_dict(checkpoint.load(latest, map_location=device))
-        logger.info("resuming from %s (epoch %d)", latest, trainer.epoch)
-    if trainer.epoch > params.epochs:
-        raise ValueError(f"{latest} is at epoch {trainer.epoch}, beyond the requested {params.epochs} epochs")
+    resume(trainer, ckpt_dir, device)
     paper = params.mode == "paper"
     write_epochs_table(trainer.rows, out_dir / "epochs.tsv", paper)
     epochs = tqdm(
@@ -500,6 +520,7 @@ def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
         )
     if not trainer.rows:
         raise ValueError("no epoch was trained")
+    plot_samples(trainer.sample_fixed(), out_dir / "samples.png", _epsilon_text(trainer.rows[-1], trainer.delta))
     plot_losses(trainer.rows, out_dir / "loss.png")
     plot_epsilon(trainer.rows, out_dir / "epsilon.png", trainer.delta)
     write_generator(trainer, out_dir / "generator.pt")

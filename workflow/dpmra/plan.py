@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from dpmra.privacy import solve_sigma
 
 SIGNIFICANT_DIGITS = 4
 
@@ -44,6 +43,10 @@ def sigma_for_epsilon(target: float, n_train: int, gan: dict) -> float:
     fresh: n_critic charges at sigma per generator iteration; paper: the reused batch is one charge
     per generator iteration at sigma / sqrt(n_critic) (DESIGN.md, privacy accounting).
     """
+    # Imported here: the accountant loads torch and Opacus, which every Snakemake start (plan is read by
+    # common.smk) would otherwise pay, seconds per job on a cluster.
+    from dpmra.privacy import solve_sigma
+
     q = gan["batch_size"] / n_train
     delta = gan["delta"] or 1 / n_train
     if gan["mode"] == "fresh":

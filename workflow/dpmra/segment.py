@@ -245,8 +245,10 @@ class UnetTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state written by ``state_dict`` of a run with the same params (epochs may differ) and data."""
-        _check_same_run(state, self.params, self.data_summary)
+        """Restore a state written by ``state_dict`` of this run (see ``resume_conflict``)."""
+        conflict = self.resume_conflict(state)
+        if conflict:
+            raise ValueError(f"checkpoint is not of this run: {conflict}")
         self.epoch = state["epoch"]
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
@@ -257,18 +259,19 @@ class UnetTrainer:
             torch.cuda.set_rng_state_all(state["rng"]["torch_cuda"])
         self.rows = [dict(row) for row in state["rows"]]
 
-
-def _check_same_run(state: dict, params: UnetParams, data: dict[str, float]) -> None:
-    """Refuse to resume a checkpoint written with other settings (epochs aside) or other training data."""
-    current = asdict(params)
-    stored = state["params"]
-    differ = [f.name for f in fields(UnetParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]]
-    if differ:
-        details = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
-        raise ValueError(f"checkpoint is from a run with different parameters ({details})")
-    same_data = all(math.isclose(state["data"][k], v, rel_tol=1e-12) for k, v in data.items())
-    if not same_data:
-        raise ValueError(f"checkpoint is from other training data ({state['data']} -> {data})")
+    def resume_conflict(self, state: dict) -> str | None:
+        """Why a checkpoint cannot continue this run (other settings, other data, beyond the epochs), or None."""
+        current = asdict(self.params)
+        stored = state["params"]
+        differ = [f.name for f in fields(UnetParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]]
+        if differ:
+            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
+            return f"different parameters ({changes})"
+        if not all(math.isclose(state["data"][k], v, rel_tol=1e-12) for k, v in self.data_summary.items()):
+            return f"other training data ({state['data']} -> {self.data_summary})"
+        if state["epoch"] > self.params.epochs:
+            return f"epoch {state['epoch']} is beyond the requested {self.params.epochs}"
+        return None
 
 
 def save_checkpoint(trainer: UnetTrainer, directory: Path) -> None:
@@ -314,10 +317,14 @@ def train_unet(sources: list[Path], out_dir: Path, params: UnetParams) -> None:
     trainer = UnetTrainer(images, labels, params, default_device())
     latest = checkpoint.latest_epoch_checkpoint(ckpt_dir)
     if latest is not None:
-        trainer.load_state_dict(checkpoint.load(latest, map_location="cpu"))
-        logger.info("resuming from %s (epoch %d)", latest, trainer.epoch)
-    if trainer.epoch > params.epochs:
-        raise ValueError(f"{latest} is at epoch {trainer.epoch}, beyond the requested {params.epochs} epochs")
+        state = checkpoint.load(latest, map_location="cpu")
+        conflict = trainer.resume_conflict(state)
+        if conflict is None:
+            trainer.load_state_dict(state)
+            logger.info("resuming from %s (epoch %d)", latest, trainer.epoch)
+        else:  # Snakemake reruns the job after a change: the kept checkpoint is of another run
+            logger.info("discarding %s: %s", latest, conflict)
+            latest.unlink()
     logger.info(
         "training a U-Net (base width %d) on %d patches of %d x %d (mean %.4g, std %.4g) on %s",
         params.base_width, len(images), *images.shape[1:], trainer.mean, trainer.std, trainer.device,

@@ -15,7 +15,7 @@ rule phantom:
         runtime=10,
     params:
         site=lambda wildcards: patients.loc[wildcards.patient, "site"],
-        seed=lambda wildcards: patients.loc[wildcards.patient, "seed"],
+        seed=lambda wildcards: int(patients.loc[wildcards.patient, "seed"]),
         shape=phantom_shape_argument,
         out_dir=lambda wildcards, output: os.path.dirname(output.image),
     shell:

@@ -19,7 +19,7 @@ rule gan:
             labels={"sigma": "{sigma}", "seed": "{seed}", "figure": "epsilon"},
         ),
         samples=report(
-            f"results/gan/sigma~{{sigma}}/seed~{{seed}}/samples/epoch_{GAN['epochs']:03d}.png",
+            "results/gan/sigma~{sigma}/seed~{seed}/samples.png",
             caption="../report/gan_samples.rst",
             category="GAN",
             subcategory="Samples",
