@@ -40,3 +40,11 @@ def latest_epoch_checkpoint(directory: Path) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _EPOCH_FILE.fullmatch(p.name))]
     return max(found)[1] if found else None
+
+
+def changed_settings(stored: dict, current: dict) -> str | None:
+    """Which run settings other than `epochs` differ between a checkpoint and this run, as one phrase; None if none."""
+    differ = [key for key in current if key != "epochs" and stored.get(key) != current[key]]
+    if not differ:
+        return None
+    return "different parameters (" + ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ) + ")"

@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -337,12 +337,9 @@ class WganTrainer:
 
     def resume_conflict(self, state: dict) -> str | None:
         """Why a checkpoint cannot continue this run (other settings, other data, beyond the epochs), or None."""
-        current = asdict(self.params)
-        stored = state["params"]
-        differ = [f.name for f in fields(GanParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]]
-        if differ:
-            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
-            return f"different parameters ({changes})"
+        changed = checkpoint.changed_settings(state["params"], asdict(self.params))
+        if changed:
+            return changed
         if state.get("data") != self.data_fingerprint:
             return "other training data"
         if state["epoch"] > self.params.epochs:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -261,12 +261,9 @@ class UnetTrainer:
 
     def resume_conflict(self, state: dict) -> str | None:
         """Why a checkpoint cannot continue this run (other settings, other data, beyond the epochs), or None."""
-        current = asdict(self.params)
-        stored = state["params"]
-        differ = [f.name for f in fields(UnetParams) if f.name != "epochs" and stored.get(f.name) != current[f.name]]
-        if differ:
-            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {current[k]!r}" for k in differ)
-            return f"different parameters ({changes})"
+        changed = checkpoint.changed_settings(state["params"], asdict(self.params))
+        if changed:
+            return changed
         if not all(math.isclose(state["data"][k], v, rel_tol=1e-12) for k, v in self.data_summary.items()):
             return f"other training data ({state['data']} -> {self.data_summary})"
         if state["epoch"] > self.params.epochs:
