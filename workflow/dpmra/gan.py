@@ -46,7 +46,7 @@ from tqdm import tqdm
 from dpmra import checkpoint
 from dpmra.critic import Critic
 from dpmra.dpsgd import DPGradient
-from dpmra.generator import Generator
+from dpmra.generator import Generator, build_generator, sample_pairs
 from dpmra.privacy import TrainingAccountant
 
 logger = logging.getLogger(__name__)
@@ -526,22 +526,9 @@ def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
 def load_generator(generator_path: Path, device: torch.device | None = None) -> Generator:
     """Rebuild the generator stored in a generator.pt, in eval mode."""
     stored = checkpoint.load(generator_path)
-    generator = Generator(**stored["config"])
-    generator.load_state_dict(stored["state_dict"])
-    return generator.to(device or default_device()).eval()
+    return build_generator(stored["config"], stored["state_dict"], device or default_device())
 
 
-@torch.no_grad()
 def sample_generator(generator_path: Path, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
     """n generated pairs, float32 (n, 2, P, P) in [-1, 1], deterministic from the seed."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    device = default_device()
-    generator = load_generator(generator_path, device)
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, generator.latent_dim, generator=rng)
-    p = generator.patch_size
-    out = np.empty((n, 2, p, p), dtype=np.float32)
-    for start in range(0, n, batch_size):
-        out[start : start + batch_size] = generator(z[start : start + batch_size].to(device)).cpu().numpy()
-    return out
+    return sample_pairs(load_generator(generator_path), n, seed, batch_size)

@@ -17,6 +17,7 @@ never going below ``width`` (paper: width 96).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -96,3 +97,23 @@ class Generator(nn.Module):
         x = self.project(z).view(z.shape[0], -1, self.start_size, self.start_size)
         x = torch.relu(self.start_norm(x))
         return torch.tanh(self.to_pair(self.blocks(x)))
+
+
+def build_generator(config: dict, state_dict: dict, device: torch.device) -> Generator:
+    """A generator rebuilt from its stored constructor arguments and weights, in eval mode on `device`."""
+    generator = Generator(**config)
+    generator.load_state_dict(state_dict)
+    return generator.to(device).eval()
+
+
+@torch.no_grad()
+def sample_pairs(generator: Generator, n: int, seed: int, batch_size: int = 256) -> np.ndarray:
+    """n pairs (n, 2, P, P) float32 in [-1, 1]; z is drawn on the CPU from the seed, so every device sees the same z."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
+    out = np.empty((n, 2, generator.patch_size, generator.patch_size), dtype=np.float32)
+    for start in range(0, n, batch_size):
+        out[start : start + batch_size] = generator(z[start : start + batch_size].to(device)).cpu().numpy()
+    return out

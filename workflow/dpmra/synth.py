@@ -29,7 +29,7 @@ from dpmra.features import (
     load_images,
     resolve_backbone,
 )
-from dpmra.generator import Generator
+from dpmra.generator import build_generator, sample_pairs
 from dpmra.intensity import rescale_patches
 from dpmra.pictures import save_patch_gallery
 
@@ -82,16 +82,10 @@ def load_release(generator_path: Path) -> dict:
     return stored
 
 
-@torch.no_grad()
-def generate(stored: dict, n: int, seed: int, batch_size: int = 512) -> np.ndarray:
-    """n pairs (n, 2, P, P) in [-1, 1] from a stored generator, deterministic from the seed."""
+def generate(stored: dict, n: int, seed: int) -> np.ndarray:
+    """n pairs (n, 2, P, P) in [-1, 1] from a stored generator (config and weights), deterministic from the seed."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    generator = Generator(**stored["config"])
-    generator.load_state_dict(stored["state_dict"])
-    generator.to(device).eval()
-    z = torch.randn(n, generator.latent_dim, generator=torch.Generator().manual_seed(seed))
-    chunks = [generator(z[i : i + batch_size].to(device)).cpu() for i in range(0, n, batch_size)]
-    return torch.cat(chunks).numpy()
+    return sample_pairs(build_generator(stored["config"], stored["state_dict"], device), n, seed, batch_size=512)
 
 
 def to_dataset(pairs: np.ndarray, label_threshold: float) -> tuple[np.ndarray, np.ndarray]:
