@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from dpmra.metrics import segmentation_metrics
 from dpmra.phantom import make_subject
-from dpmra.segment import predict_probability, volume_tiles
+from dpmra.predict import Segmenter, predict_probability, volume_tiles
 from dpmra.unet import UNet
 from dpmra.volumes import normalise_intensity
 
@@ -43,8 +43,10 @@ def main() -> None:
     tiles = len(volume_tiles(subject.brain_mask, args.patch_size))
     print(f"volume {'x'.join(map(str, SHAPE))}, {tiles} tiles of {args.patch_size}, base width {args.base_width}, {device}")
 
+    segmenter = Segmenter(model, 100.0, 50.0)
+
     def run(batch_size: int) -> np.ndarray:
-        return predict_probability(model, 100.0, 50.0, image, subject.brain_mask, args.patch_size, batch_size, device)
+        return predict_probability(segmenter, image, subject.brain_mask, args.patch_size, batch_size)
 
     with torch.inference_mode():  # warm-up: CUDA context and kernel selection are not what is compared
         model(torch.zeros(args.batch_size, 1, args.patch_size, args.patch_size, device=device))

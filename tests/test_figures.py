@@ -237,7 +237,7 @@ def test_error_maps_and_segmentation_show_selected_best_runs(results: Path):
         error[0, 0, : k % 4] = 2  # k false positives (mod 4) identify the source
         error[3:6, 2:8, :] = 1
         for setting in SETTINGS:
-            folder = results / "predictions" / name / setting / patient
+            folder = results / "predictions" / name / setting / "test" / patient
             write_volume(folder / "error_map.nii.gz", error)
             write_volume(folder / "segmentation.nii.gz", ((error == 1) | (error == 2)).astype(np.uint8))
             metrics = results / "metrics" / name / setting

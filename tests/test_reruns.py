@@ -1,6 +1,6 @@
 """Partial reruns: after a finished run, a config change reruns exactly the jobs that depend on it.
 
-A finished run of config/test.yaml is faked once per module: every output file is created empty and then
+A finished run of config/test.yaml is faked once per module: every output file (or folder) is created empty and then
 `snakemake --touch --forceall` stamps them in DAG order and records Snakemake's metadata (params, input,
 code), as a real run does. Each test changes one setting and reads the jobs a dry run (`-n`) plans, with
 their reasons (`--list-changes params` is unreliable in Snakemake 9.27, see issue 7).
@@ -23,6 +23,8 @@ DATA_RULES = {"phantom", "prepare", "patches", "training_set"}
 REAL_ONLY_RULES = DATA_RULES | {"ssim_real"}
 # Rules that train or sample a GAN.
 GAN_RULES = {"gan", "synth"}
+# Outputs that are directories (`predict`: one folder per U-Net and split).
+DIRECTORY_OUTPUTS = ("results/predictions/",)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ def finished_run(tmp_path_factory) -> Path:
     outputs = [row[0] for row in rows if len(row) >= 5 and row[4] == "missing"]
     assert len(outputs) > 50, summary.stdout[-3000:]
     for path in outputs:
+        if path.startswith(DIRECTORY_OUTPUTS):
+            (workdir / path).mkdir(parents=True)
+            continue
         (workdir / path).parent.mkdir(parents=True, exist_ok=True)
         (workdir / path).touch()
     touched = snakemake(workdir, "--touch", "--forceall", "--configfile", config)
@@ -114,8 +119,8 @@ def test_changing_one_sigma_reruns_only_that_gans_branch(finished_run, tmp_path)
     for job in jobs:
         assert job.rule not in REAL_ONLY_RULES, job
         assert job.branch() in (None, "sigma~1.2/seed~0"), job
-    units = {(job.wc["setting"], job.wc.get("patient")) for job in jobs if job.rule == "predict"}
-    assert len(units) == 2 * 3  # 2 U-Net settings x 3 evaluation patients, of the new source only
+    units = {(job.wc["setting"], job.wc["split"]) for job in jobs if job.rule == "predict"}
+    assert len(units) == 2 * 3  # 2 U-Net settings x 3 evaluation splits, of the new source only
 
 
 def test_changing_a_gan_setting_retrains_gans_but_not_data_or_real_unets(finished_run, tmp_path):

@@ -8,7 +8,8 @@ import torch
 from dpmra.metrics import segmentation_metrics
 from dpmra.patches import extract_patches, patient_rng, save_patches
 from dpmra.phantom import make_subject
-from dpmra.segment import UnetParams, load_model, predict_probability, train_unet
+from dpmra.predict import Segmenter, predict_probability
+from dpmra.segment import UnetParams, load_model, train_unet
 from dpmra.volumes import normalise_intensity
 
 SHAPE, P = (64, 64, 24), 16
@@ -32,8 +33,8 @@ def test_unet_on_real_patches_beats_all_background(tmp_path):
     train_unet(sources, tmp_path / "unet", UnetParams(lr=1e-3, batch_size=32, epochs=4, base_width=8, seed=0))
 
     image, label, mask, spacing = prepared(10)
-    model, mean, std = load_model(tmp_path / "unet" / "model.pt", torch.device("cpu"))
-    probability = predict_probability(model, mean, std, image, mask, P, 64, torch.device("cpu"))
+    segmenter = Segmenter(*load_model(tmp_path / "unet" / "model.pt", torch.device("cpu")))
+    probability = predict_probability(segmenter, image, mask, P, 64)
     learnt = segmentation_metrics(label, probability >= 0.5, spacing, mask)
     background = segmentation_metrics(label, np.zeros_like(label), spacing, mask)
     assert background["dsc"] == 0

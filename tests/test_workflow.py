@@ -35,7 +35,7 @@ def test_dry_run_default_config(tmp_path):
     counts = job_counts(result.stdout)
     assert counts == {
         "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "synth": 3, "quality": 3, "audit": 3, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
-        "unet": 8, "predict": 48, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
+        "unet": 8, "predict": 24, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
         "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
         "fig7_segmentation": 1, "fig8_ssim": 1, "fig9_tsne": 1, "privacy_utility_figure": 1, "audit_figure": 1,
         "gan_curves_figure": 1, "table1_html": 1, "summary_html": 1, "quality_html": 1, "audit_html": 1,
@@ -197,7 +197,7 @@ def test_tiny_run_segmentation(tiny_run):
         table = pd.read_csv(tiny_run / f"metrics/real/{setting}/test.tsv", sep="\t")
         assert table.columns.tolist() == ["patient", "dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd"]
         assert table["patient"].tolist() == ["A004"] and 0 <= table["dsc"].item() <= 1
-        prediction = tiny_run / f"predictions/real/{setting}/A004"
+        prediction = tiny_run / f"predictions/real/{setting}/test/A004"
         segmentation = nib.load(prediction / "segmentation.nii.gz").get_fdata()
         errors = nib.load(prediction / "error_map.nii.gz").get_fdata()
         label = nib.load(tiny_run / "data/A004/label.nii.gz").get_fdata()

@@ -152,25 +152,12 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    """Segment one prepared volume; also write the segmentation in the input's own orientation."""
-    import json
-
-    import nibabel as nib
-    import numpy as np
-
-    from dpmra.segment import predict_volume, write_native
+    """Segment prepared patients with one trained U-Net."""
+    from dpmra.predict import predict_patients
 
     set_torch_threads(args.threads)
-    paths = predict_volume(
-        args.model, args.image, args.brain_mask, args.label, args.out, args.patch_size, args.threshold
-    )
-    info = json.loads(args.volume_info.read_text())
-    segmentation = nib.load(paths["segmentation"])
-    write_native(
-        np.asarray(segmentation.dataobj),
-        segmentation.affine,
-        np.array(info["original_affine"]),
-        args.out / "segmentation_native.nii.gz",
+    predict_patients(
+        args.model, args.data, args.patients, args.out, args.patch_size, args.threshold, args.batch_size
     )
 
 
@@ -310,7 +297,7 @@ FIGURE_ARGUMENTS = {
     "selection": dict(type=Path, help="results/tables/selection.tsv"),
     "table1": dict(type=Path, help="results/tables/table1.tsv"),
     "split": dict(choices=("test", "external"), help="evaluation split"),
-    "predictions": dict(type=Path, help="results/predictions"),
+    "predictions": dict(type=Path, help="results/predictions (the figures read <source>/<setting>/test/<patient>/)"),
     "data": dict(type=Path, help="results/data (prepared volumes)"),
     "metrics": dict(type=Path, help="results/metrics"),
     "patient": dict(help="the test patient to show"),
@@ -462,16 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_unet)
 
-    p = sub.add_parser("predict", help="segment one prepared volume slice by slice")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--image", type=Path, required=True)
-    p.add_argument("--brain-mask", type=Path, required=True)
-    p.add_argument("--label", type=Path, help="ground truth, for the error map")
-    p.add_argument("--volume-info", type=Path, required=True, help="volume.json of the prepared patient")
+    p = sub.add_parser("predict", help="segment prepared patients slice by slice with one U-Net")
+    p.add_argument("--model", type=Path, required=True, help="model.pt of dpmra train-unet")
+    p.add_argument("--data", type=Path, required=True, help="directory of prepared patients (dpmra prepare)")
+    p.add_argument("--patients", nargs="+", required=True)
     p.add_argument("--patch-size", type=int, required=True)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=64, help="patches per model call")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory: one folder per patient")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("score", help="per-patient metric table of one split")

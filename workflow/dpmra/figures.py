@@ -462,6 +462,11 @@ def source_title(row: pd.Series, palette: dict[str, str]) -> tuple[str, str]:
     return column_title(row["sigma"], row["epsilon"]), palette[row["sigma"]]
 
 
+def showcase_prediction(predictions: Path, source: str, setting: str, patient: str, name: str) -> str:
+    """A test patient's prediction volume `name` (.nii.gz) of one U-Net, as `dpmra predict` lays them out."""
+    return str(Path(predictions) / source / setting / "test" / patient / f"{name}.nii.gz")
+
+
 def plot_error_maps(
     selection_path: Path, privacy_path: Path, predictions: Path, image: Path, patient: str, outputs: list[Path]
 ) -> pd.DataFrame:
@@ -482,9 +487,8 @@ def plot_error_maps(
         for ax in axes[len(shown) :]:
             ax.set_axis_off()
         for ax, (_, row) in zip(axes, shown.iterrows()):
-            volume = np.asarray(
-                nib.load(str(Path(predictions) / row["source"] / row["setting"] / patient / "error_map.nii.gz")).dataobj
-            )
+            path = showcase_prediction(predictions, row["source"], row["setting"], patient, "error_map")
+            volume = np.asarray(nib.load(path).dataobj)
             counts.append({"source": row["source"], "setting": row["setting"], **error_counts(volume)})
             projection = np.ma.masked_equal(volume.max(axis=2).T, 0)
             ax.imshow(background, cmap="gray", origin="lower", extent=extent)
@@ -541,7 +545,7 @@ def plot_segmentation(
         axes[1].imshow(truth, cmap="gray", origin="lower", extent=extent, vmin=0, vmax=1)
         axes[1].set_title("ground truth")
         for ax, row in zip(axes[2:], chosen.itertuples()):
-            seg, _ = axial_mip(Path(predictions) / row.source / row.setting / patient / "segmentation.nii.gz")
+            seg, _ = axial_mip(showcase_prediction(predictions, row.source, row.setting, patient, "segmentation"))
             ax.imshow(seg, cmap="gray", origin="lower", extent=extent, vmin=0, vmax=1)
             title, colour = source_title(pd.Series(row._asdict()), palette)
             ax.set_title(f"{title.replace(chr(10), ' ')}\nDSC {row.dsc:.2f}", fontsize=9)

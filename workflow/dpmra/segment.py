@@ -1,4 +1,4 @@
-"""U-Net stage: train the half U-Net on (real or synthetic) patches, and predict whole volumes.
+"""U-Net stage: train the half U-Net on (real or synthetic) patches (prediction: ``dpmra.predict``).
 
 Training (``train_unet``) follows the paper's public Keras code (Livne et al. 2019): inputs
 normalised with the training patches' mean and standard deviation (one scalar each, stored
@@ -18,12 +18,6 @@ bit-identical from the seed (and resumed equals uninterrupted); CUDA's convoluti
 upsampling gradients use atomic adds, so GPU repeats differ in the last bits. Only the
 latest checkpoint is kept: one holds the weights and Adam's two moments (about 94 MB at
 base width 32), and the study trains hundreds of U-Nets.
-
-Prediction (``predict_volume``) works slice by slice on a prepared (RAS) volume: each axial
-slice's brain bounding box is tiled with P x P patches, the last tile along an axis shifted
-back to end at the box edge (overlaps averaged); slices narrower than P are zero-padded at
-the far edge (0 = the volumes' darkest intensity) and cropped back. Patches from all slices
-go through the network in batches.
 """
 
 from __future__ import annotations
@@ -38,21 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from torch import Tensor
 from tqdm import tqdm
 
 from dpmra import checkpoint
 from dpmra.atomic import write_atomic
 from dpmra.unet import MULTIPLE, UNet, dice_loss
-from dpmra.volumes import (
-    AFFINE_ATOL_MM,
-    VolumeError,
-    binary_values,
-    check_same_grid,
-    load_nifti,
-    save_nifti,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +45,6 @@ TRAINING_COLUMNS = ["epoch", "loss", "seconds"]
 ROTATION_DEGREES = 30.0
 SHEAR_DEGREES = 20.0
 FLIP_PROBABILITY = 0.5
-TN, TP, FP, FN = 0, 1, 2, 3
-"""Error-map codes: true negative, true positive, false positive (predicted, not labelled), false negative."""
 
 
 @dataclass(frozen=True)
@@ -341,146 +324,3 @@ def load_model(path: Path, device: torch.device | None = None) -> tuple[UNet, fl
     model = UNet(**stored["config"])
     model.load_state_dict(stored["state_dict"])
     return model.to(device or default_device()).eval(), float(stored["mean"]), float(stored["std"])
-
-
-# --- whole-volume prediction -------------------------------------------------------
-
-
-def axis_starts(start: int, stop: int, size: int) -> list[int]:
-    """Tile starts covering [start, stop) with `size`-long tiles inside [0, max(stop, size)).
-
-    Tiles are laid from `start`; the last is shifted back to end at `stop` (or to begin at 0
-    when the range is shorter than a tile), so the fewest tiles, ceil((stop - start) / size), cover it.
-    """
-    count = math.ceil((stop - start) / size)
-    return [max(0, min(start + k * size, stop - size)) for k in range(count)]
-
-
-def slice_tiles(mask_slice: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """(x, y) origins of the size x size tiles covering a 2D slice's brain bounding box (none if no brain)."""
-    xs, ys = np.nonzero(mask_slice)
-    if xs.size == 0:
-        return []
-    x_starts = axis_starts(int(xs.min()), int(xs.max()) + 1, size)
-    y_starts = axis_starts(int(ys.min()), int(ys.max()) + 1, size)
-    return [(x, y) for x in x_starts for y in y_starts]
-
-
-def volume_tiles(mask: np.ndarray, size: int) -> np.ndarray:
-    """(n, 3) int array of tile origins (x, y, z), slice by slice along the third (axial) axis."""
-    tiles = [(x, y, z) for z in range(mask.shape[2]) for x, y in slice_tiles(mask[:, :, z], size)]
-    return np.array(tiles, dtype=np.int64).reshape(-1, 3)
-
-
-def pad_slices(volume: np.ndarray, size: int) -> np.ndarray:
-    """The volume zero-padded at the far end of axes 0 and 1 to at least `size` (unchanged if already)."""
-    pad = [(0, max(0, size - volume.shape[0])), (0, max(0, size - volume.shape[1])), (0, 0)]
-    return np.pad(volume, pad) if any(after for _, after in pad) else volume
-
-
-@torch.inference_mode()
-def predict_probability(
-    model: torch.nn.Module,
-    mean: float,
-    std: float,
-    image: np.ndarray,
-    brain_mask: np.ndarray,
-    patch_size: int,
-    batch_size: int,
-    device: torch.device,
-) -> np.ndarray:
-    """Vessel probability per voxel: tiled patches through the model in batches, overlaps averaged, 0 off-brain."""
-    padded = pad_slices(image, patch_size)
-    tiles = volume_tiles(pad_slices(brain_mask, patch_size), patch_size)
-    total = np.zeros(padded.shape, dtype=np.float32)
-    count = np.zeros(padded.shape, dtype=np.float32)
-    p = patch_size
-    for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", leave=False):
-        chunk = tiles[start : start + batch_size]
-        patches = np.stack([padded[x : x + p, y : y + p, z] for x, y, z in chunk]).astype(np.float32)
-        inputs = torch.from_numpy((patches - np.float32(mean)) / np.float32(std)).unsqueeze(1)
-        probs = model(inputs.to(device))[:, 0].cpu().numpy()
-        for (x, y, z), prob in zip(chunk, probs):
-            total[x : x + p, y : y + p, z] += prob
-            count[x : x + p, y : y + p, z] += 1
-    nx, ny, _ = image.shape
-    probability = np.divide(total, count, out=np.zeros_like(total), where=count > 0)[:nx, :ny]
-    return np.where(brain_mask > 0, probability, 0).astype(np.float32)
-
-
-def error_map(segmentation: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """uint8 codes per voxel: 0 true negative, 1 true positive, 2 false positive, 3 false negative."""
-    predicted, truth = segmentation > 0, label > 0
-    codes = np.full(segmentation.shape, TN, dtype=np.uint8)
-    codes[predicted & truth] = TP
-    codes[predicted & ~truth] = FP
-    codes[~predicted & truth] = FN
-    return codes
-
-
-def predict_volume(
-    model_path: Path,
-    image: Path,
-    brain_mask: Path,
-    label: Path | None,
-    out_dir: Path,
-    patch_size: int,
-    threshold: float = 0.5,
-    batch_size: int = 64,
-) -> dict[str, Path]:
-    """Segment a prepared (RAS, 0..255) volume; write probability, segmentation and (with a label) error map.
-
-    All outputs carry the image's affine. Label voxels outside the brain mask count as false negatives.
-    """
-    if patch_size < 1 or patch_size % MULTIPLE:
-        raise ValueError(f"patch_size must be a positive multiple of {MULTIPLE}, got {patch_size}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    image_img = load_nifti(image)
-    mask_img = load_nifti(brain_mask)
-    check_same_grid(image_img, image, mask_img, brain_mask)
-    mask = binary_values(np.asarray(mask_img.dataobj), brain_mask, "brain mask")
-    if not mask.any():
-        raise VolumeError(f"{brain_mask}: the brain mask is empty")
-    device = default_device()
-    model, mean, std = load_model(model_path, device)
-    volume = np.asarray(image_img.dataobj, dtype=np.float32)
-    probability = predict_probability(model, mean, std, volume, mask, patch_size, batch_size, device)
-    segmentation = (probability >= threshold).astype(np.uint8)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    affine = image_img.affine
-    paths = {"probability": out_dir / "probability.nii.gz", "segmentation": out_dir / "segmentation.nii.gz"}
-    save_nifti(probability, affine, paths["probability"])
-    save_nifti(segmentation, affine, paths["segmentation"])
-    if label is not None:
-        label_img = load_nifti(label)
-        check_same_grid(image_img, image, label_img, label)
-        truth = binary_values(np.asarray(label_img.dataobj), label, "vessel label")
-        paths["error_map"] = out_dir / "error_map.nii.gz"
-        save_nifti(error_map(segmentation, truth), affine, paths["error_map"])
-    logger.info(
-        "%s: %d of %d brain voxels segmented (threshold %g) -> %s",
-        image, int(segmentation.sum()), int(mask.sum()), threshold, out_dir,
-    )
-    return paths
-
-
-def write_native(data: np.ndarray, canonical_affine: np.ndarray, original_affine: np.ndarray, path: Path) -> None:
-    """Write a volume computed in canonical (RAS) space in the input's original orientation and affine.
-
-    The result overlays the raw input in any viewer; `canonical_affine` must be the closest-canonical
-    form of `original_affine` (as ``nib.as_closest_canonical`` makes it), else ValueError.
-    """
-    original_affine = np.asarray(original_affine, dtype=np.float64)
-    transform = ornt_transform(io_orientation(canonical_affine), io_orientation(original_affine))
-    restored = np.asarray(canonical_affine) @ inv_ornt_aff(transform, data.shape)
-    if not np.allclose(restored, original_affine, atol=AFFINE_ATOL_MM):
-        raise ValueError(
-            f"{path}: the canonical affine is not a reorientation of the original one "
-            f"(max difference {np.abs(restored - original_affine).max():.4g} mm)"
-        )
-    save_nifti(np.ascontiguousarray(apply_orientation(data, transform)), original_affine, path)

@@ -43,6 +43,10 @@ SETTINGS = unet_settings(UNET)
 # U-Net training sources: the real train patches and every released synthetic dataset.
 UNET_SOURCES = ["real", *GAN_SOURCES]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
+# A prepared patient as an input: `dpmra prepare` writes volume.json last, after the image, label and
+# brain mask next to it, so it stands for all four. One file per patient instead of four keeps the
+# paper-scale DAG (328 U-Nets x 90 volumes) quick to build.
+PREPARED = "results/data/{patient}/volume.json"
 
 
 wildcard_constraints:
@@ -161,10 +165,12 @@ def showcase_patient(wildcards=None) -> str:
     return patients_in("test")[0]
 
 
-def showcase_files(pattern: str):
-    """An input function: `pattern` for the showcase patient, over every U-Net (the selected one is read at run time)."""
-    return lambda wildcards: expand(
-        pattern, source=UNET_SOURCES, setting=SETTINGS, patient=showcase_patient()
+def showcase_predictions(wildcards) -> list[str]:
+    """The test split's prediction folders of every U-Net (the figure reads the selected ones' showcase patient)."""
+    return expand(
+        "results/predictions/{source}/{setting}/test",
+        source=UNET_SOURCES,
+        setting=SETTINGS,
     )
 
 
@@ -173,12 +179,6 @@ def all_targets() -> list[str]:
     return [
         "results/tables/table1.tsv",
         *figure_targets(),
-        *expand(
-            "results/predictions/{source}/{setting}/{patient}/error_map.nii.gz",
-            source=UNET_SOURCES,
-            setting=SETTINGS,
-            patient=patients_in(*EVAL_SPLITS),
-        ),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/generator.pt"),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epsilon.png"),
         *gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),

@@ -1,10 +1,7 @@
 rule score:
     input:
-        segmentations=split_files(
-            "results/predictions/{source}/{setting}/{patient}/segmentation.nii.gz"
-        ),
-        labels=split_files("results/data/{patient}/label.nii.gz"),
-        masks=split_files("results/data/{patient}/brain_mask.nii.gz"),
+        predictions="results/predictions/{source}/{setting}/{split}",
+        prepared=split_files(PREPARED),
     output:
         "results/metrics/{source}/{setting}/{split}.tsv",
     log:
@@ -18,7 +15,7 @@ rule score:
         patients=lambda wildcards: patients_in(wildcards.split),
     shell:
         "dpmra score --patients {params.patients} --data results/data "
-        "--predictions results/predictions/{wildcards.source}/{wildcards.setting} "
+        "--predictions {input.predictions} "
         "--out {output} > {log} 2>&1"
 
 

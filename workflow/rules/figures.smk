@@ -86,9 +86,7 @@ rule fig4_error_maps:
         selection="results/tables/selection.tsv",
         privacy="results/tables/privacy.tsv",
         image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
-        error_maps=showcase_files(
-            "results/predictions/{source}/{setting}/{patient}/error_map.nii.gz"
-        ),
+        predictions=showcase_predictions,
     output:
         png=report(
             "results/figures/fig4_error_maps.png",
@@ -176,9 +174,7 @@ rule fig7_segmentation:
         privacy="results/tables/privacy.tsv",
         image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
         label=lambda wildcards: f"results/data/{showcase_patient()}/label.nii.gz",
-        segmentations=showcase_files(
-            "results/predictions/{source}/{setting}/{patient}/segmentation.nii.gz"
-        ),
+        predictions=showcase_predictions,
         metrics=expand(
             "results/metrics/{source}/{setting}/test.tsv",
             source=UNET_SOURCES,

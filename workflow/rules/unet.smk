@@ -32,22 +32,18 @@ rule unet:
         "--seed {params.seed} --threads {threads} --out {params.out_dir} > {log} 2>&1"
 
 
+# One prediction job per (source, setting, split): the model is loaded once for the split's patients, and
+# the paper's DAG has 984 prediction jobs with one output each instead of 29,520 volumes x 4 files.
 rule predict:
     input:
         model="results/unet/{source}/{setting}/model.pt",
-        image="results/data/{patient}/image.nii.gz",
-        brain_mask="results/data/{patient}/brain_mask.nii.gz",
-        label="results/data/{patient}/label.nii.gz",
-        info="results/data/{patient}/volume.json",
+        prepared=split_files(PREPARED),
     output:
-        probability="results/predictions/{source}/{setting}/{patient}/probability.nii.gz",
-        segmentation="results/predictions/{source}/{setting}/{patient}/segmentation.nii.gz",
-        native="results/predictions/{source}/{setting}/{patient}/segmentation_native.nii.gz",
-        error_map="results/predictions/{source}/{setting}/{patient}/error_map.nii.gz",
+        directory("results/predictions/{source}/{setting}/{split}"),
     log:
-        "results/logs/predict/{source}/{setting}/{patient}.log",
+        "results/logs/predict/{source}/{setting}/{split}.log",
     benchmark:
-        "results/benchmarks/predict/{source}/{setting}/{patient}.tsv"
+        "results/benchmarks/predict/{source}/{setting}/{split}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -56,10 +52,10 @@ rule predict:
         runtime=30,
         gpu=1,
     params:
+        patients=lambda wildcards: patients_in(wildcards.split),
         size=PATCHES["size"],
         threshold=UNET["threshold"],
-        out_dir=lambda wildcards, output: os.path.dirname(output.segmentation),
     shell:
-        "dpmra predict --model {input.model} --image {input.image} --brain-mask {input.brain_mask} "
-        "--label {input.label} --volume-info {input.info} --patch-size {params.size} "
-        "--threshold {params.threshold} --threads {threads} --out {params.out_dir} > {log} 2>&1"
+        "dpmra predict --model {input.model} --data results/data --patients {params.patients} "
+        "--patch-size {params.size} --threshold {params.threshold} --threads {threads} "
+        "--out {output} > {log} 2>&1"

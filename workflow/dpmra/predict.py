@@ -1,0 +1,241 @@
+"""Whole-volume prediction with a trained U-Net: tiling, batched inference, NIfTI outputs, error maps.
+
+Each axial slice's brain bounding box is tiled with P x P patches, the last tile along an axis
+shifted back to end at the box edge (overlaps averaged); slices narrower than P are
+zero-padded at the far edge (0 = the volumes' darkest intensity) and cropped back. Patches
+from all slices go through the network in batches. Tiling runs on the model's device: the
+volume is uploaded once, patches are gathered and probabilities accumulated there by flat
+voxel indices, so a GPU is not left waiting for host-side copies of every patch.
+
+One call predicts a list of prepared patients with one loaded model (one job per U-Net and
+split in the workflow), writing per patient the probability map, the binary segmentation,
+the segmentation in the input's own orientation and, with a label, an error map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+from torch import Tensor
+from tqdm import tqdm
+
+from dpmra.segment import default_device, load_model
+from dpmra.unet import MULTIPLE
+from dpmra.volumes import (
+    AFFINE_ATOL_MM,
+    VolumeError,
+    binary_values,
+    check_same_grid,
+    load_nifti,
+    save_nifti,
+)
+
+logger = logging.getLogger(__name__)
+
+TN, TP, FP, FN = 0, 1, 2, 3
+"""Error-map codes: true negative, true positive, false positive (predicted, not labelled), false negative."""
+
+
+class Segmenter(NamedTuple):
+    """A trained U-Net in eval mode with the training mean and standard deviation its inputs need."""
+
+    model: torch.nn.Module
+    mean: float
+    std: float
+
+
+def axis_starts(start: int, stop: int, size: int) -> list[int]:
+    """Tile starts covering [start, stop) with `size`-long tiles inside [0, max(stop, size)).
+
+    Tiles are laid from `start`; the last is shifted back to end at `stop` (or to begin at 0
+    when the range is shorter than a tile), so the fewest tiles, ceil((stop - start) / size), cover it.
+    """
+    count = math.ceil((stop - start) / size)
+    return [max(0, min(start + k * size, stop - size)) for k in range(count)]
+
+
+def slice_tiles(mask_slice: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """(x, y) origins of the size x size tiles covering a 2D slice's brain bounding box (none if no brain)."""
+    xs, ys = np.nonzero(mask_slice)
+    if xs.size == 0:
+        return []
+    x_starts = axis_starts(int(xs.min()), int(xs.max()) + 1, size)
+    y_starts = axis_starts(int(ys.min()), int(ys.max()) + 1, size)
+    return [(x, y) for x in x_starts for y in y_starts]
+
+
+def volume_tiles(mask: np.ndarray, size: int) -> np.ndarray:
+    """(n, 3) int array of tile origins (x, y, z), slice by slice along the third (axial) axis."""
+    tiles = [(x, y, z) for z in range(mask.shape[2]) for x, y in slice_tiles(mask[:, :, z], size)]
+    return np.array(tiles, dtype=np.int64).reshape(-1, 3)
+
+
+def pad_slices(volume: np.ndarray, size: int) -> np.ndarray:
+    """The volume zero-padded at the far end of axes 0 and 1 to at least `size` (unchanged if already)."""
+    pad = [(0, max(0, size - volume.shape[0])), (0, max(0, size - volume.shape[1])), (0, 0)]
+    return np.pad(volume, pad) if any(after for _, after in pad) else volume
+
+
+def tile_indices(origins: Tensor, shape: tuple[int, int, int], size: int) -> Tensor:
+    """(n, size, size) flat C-order indices into a volume of `shape` of the tiles at `origins` (n, 3).
+
+    Written by hand because torch's unfold works on regular strides only, and the last tile of
+    each axis is shifted back to the box edge.
+    """
+    _, ny, nz = shape
+    offsets = torch.arange(size, device=origins.device)
+    within = (offsets[:, None] * ny + offsets[None, :]) * nz
+    corners = (origins[:, 0] * ny + origins[:, 1]) * nz + origins[:, 2]
+    return corners[:, None, None] + within
+
+
+@torch.inference_mode()
+def predict_probability(
+    segmenter: Segmenter, image: np.ndarray, brain_mask: np.ndarray, patch_size: int, batch_size: int
+) -> np.ndarray:
+    """Vessel probability per voxel: tiled patches through the model in batches, overlaps averaged, 0 off-brain."""
+    device = next(segmenter.model.parameters(), torch.empty(0)).device
+    padded = pad_slices(image, patch_size)
+    origins = torch.from_numpy(volume_tiles(pad_slices(brain_mask, patch_size), patch_size)).to(device)
+    voxels = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32)).to(device).reshape(-1)
+    voxels = (voxels - segmenter.mean) / segmenter.std
+    total = torch.zeros_like(voxels)
+    count = torch.zeros_like(voxels)
+    for start in tqdm(range(0, len(origins), batch_size), desc="predicting", leave=False):
+        index = tile_indices(origins[start : start + batch_size], padded.shape, patch_size)
+        probs = segmenter.model(voxels[index].unsqueeze(1))[:, 0]
+        total.index_add_(0, index.reshape(-1), probs.reshape(-1))
+        count.index_add_(0, index.reshape(-1), torch.ones_like(probs).reshape(-1))
+    probability = torch.where(count > 0, total / count.clamp(min=1), 0).reshape(padded.shape).cpu().numpy()
+    nx, ny, _ = image.shape
+    return np.where(brain_mask > 0, probability[:nx, :ny], 0).astype(np.float32)
+
+
+def error_map(segmentation: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """uint8 codes per voxel: 0 true negative, 1 true positive, 2 false positive, 3 false negative."""
+    predicted, truth = segmentation > 0, label > 0
+    codes = np.full(segmentation.shape, TN, dtype=np.uint8)
+    codes[predicted & truth] = TP
+    codes[predicted & ~truth] = FP
+    codes[~predicted & truth] = FN
+    return codes
+
+
+def check_arguments(patch_size: int, threshold: float, batch_size: int) -> None:
+    """ValueError naming the first prediction argument out of range."""
+    if patch_size < 1 or patch_size % MULTIPLE:
+        raise ValueError(f"patch_size must be a positive multiple of {MULTIPLE}, got {patch_size}")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def predict_volume(
+    segmenter: Segmenter,
+    image: Path,
+    brain_mask: Path,
+    label: Path | None,
+    out_dir: Path,
+    patch_size: int,
+    threshold: float = 0.5,
+    batch_size: int = 64,
+) -> dict[str, Path]:
+    """Segment a prepared (RAS, 0..255) volume; write probability, segmentation and (with a label) error map.
+
+    All outputs carry the image's affine. Label voxels outside the brain mask count as false negatives.
+    """
+    check_arguments(patch_size, threshold, batch_size)
+    image_img = load_nifti(image)
+    mask_img = load_nifti(brain_mask)
+    check_same_grid(image_img, image, mask_img, brain_mask)
+    mask = binary_values(np.asarray(mask_img.dataobj), brain_mask, "brain mask")
+    if not mask.any():
+        raise VolumeError(f"{brain_mask}: the brain mask is empty")
+    volume = np.asarray(image_img.dataobj, dtype=np.float32)
+    probability = predict_probability(segmenter, volume, mask, patch_size, batch_size)
+    segmentation = (probability >= threshold).astype(np.uint8)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    affine = image_img.affine
+    paths = {"probability": out_dir / "probability.nii.gz", "segmentation": out_dir / "segmentation.nii.gz"}
+    save_nifti(probability, affine, paths["probability"])
+    save_nifti(segmentation, affine, paths["segmentation"])
+    if label is not None:
+        label_img = load_nifti(label)
+        check_same_grid(image_img, image, label_img, label)
+        truth = binary_values(np.asarray(label_img.dataobj), label, "vessel label")
+        paths["error_map"] = out_dir / "error_map.nii.gz"
+        save_nifti(error_map(segmentation, truth), affine, paths["error_map"])
+    logger.info(
+        "%s: %d of %d brain voxels segmented (threshold %g) -> %s",
+        image, int(segmentation.sum()), int(mask.sum()), threshold, out_dir,
+    )
+    return paths
+
+
+def write_native(data: np.ndarray, canonical_affine: np.ndarray, original_affine: np.ndarray, path: Path) -> None:
+    """Write a volume computed in canonical (RAS) space in the input's original orientation and affine.
+
+    The result overlays the raw input in any viewer; `canonical_affine` must be the closest-canonical
+    form of `original_affine` (as ``nib.as_closest_canonical`` makes it), else ValueError.
+    """
+    original_affine = np.asarray(original_affine, dtype=np.float64)
+    transform = ornt_transform(io_orientation(canonical_affine), io_orientation(original_affine))
+    restored = np.asarray(canonical_affine) @ inv_ornt_aff(transform, data.shape)
+    if not np.allclose(restored, original_affine, atol=AFFINE_ATOL_MM):
+        raise ValueError(
+            f"{path}: the canonical affine is not a reorientation of the original one "
+            f"(max difference {np.abs(restored - original_affine).max():.4g} mm)"
+        )
+    save_nifti(np.ascontiguousarray(apply_orientation(data, transform)), original_affine, path)
+
+
+def predict_patients(
+    model_path: Path,
+    data_dir: Path,
+    patients: list[str],
+    out_dir: Path,
+    patch_size: int,
+    threshold: float = 0.5,
+    batch_size: int = 64,
+) -> None:
+    """Segment prepared patients (`data_dir/<patient>/`, as `dpmra prepare` writes them) with one loaded model.
+
+    Writes `out_dir/<patient>/` with probability, segmentation,
+    segmentation_native and error_map (.nii.gz); the native segmentation uses the
+    original affine stored in the patient's volume.json.
+    """
+    check_arguments(patch_size, threshold, batch_size)
+    missing = [p for p in patients if not (Path(data_dir) / p / "volume.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: no prepared volume (volume.json) for patients {', '.join(missing)}")
+    segmenter = Segmenter(*load_model(model_path, default_device()))
+    for patient in tqdm(patients, desc="patients"):
+        folder = Path(data_dir) / patient
+        paths = predict_volume(
+            segmenter,
+            folder / "image.nii.gz",
+            folder / "brain_mask.nii.gz",
+            folder / "label.nii.gz",
+            Path(out_dir) / patient,
+            patch_size,
+            threshold,
+            batch_size,
+        )
+        segmentation = load_nifti(paths["segmentation"])
+        info = json.loads((folder / "volume.json").read_text())
+        write_native(
+            np.asarray(segmentation.dataobj),
+            segmentation.affine,
+            np.array(info["original_affine"]),
+            Path(out_dir) / patient / "segmentation_native.nii.gz",
+        )
