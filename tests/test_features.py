@@ -9,17 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from dpmra import features
 from dpmra.features import (
     INCEPTION,
     RANDOM_CNN,
     backbone_name,
     extract_features,
-    load_image_files,
-    load_images,
     resolve_backbone,
 )
+from dpmra.intensity import load_image_files, load_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

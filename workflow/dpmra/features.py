@@ -10,8 +10,6 @@ Backbones, by the name every output reports in its `fd_backbone` field:
   ``pt_inception-2015-12-05-*.pth``. Nothing is ever downloaded. Distances on it are FID.
 - ``random-cnn-s0-d256``: the offline default, needing no download. See `random_cnn`. Distances on it are
   Fréchet distances on random features, never FID, and are not comparable to FID values in the literature.
-
-Also the one loader every measurement uses (`load_images`), so real and synthetic images share one scale.
 """
 
 from __future__ import annotations
@@ -25,8 +23,6 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from dpmra.intensity import rescale_patches
-
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -38,36 +34,6 @@ RANDOM_CNN_SEED = 0
 RANDOM_CNN_WIDTHS = (32, 64, 128, 256)
 INCEPTION_WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
 INCEPTION_DIMS = 2048
-
-
-def load_image_files(paths: list[Path]) -> list[np.ndarray]:
-    """The `image` array of each patch or dataset .npz file, min-max scaled per patch to 0..255.
-
-    Real patches are in their volume's normalised units and released synthetic images are already per-patch
-    min-max scaled to 0..255 (the paper's rule for generated images); applying that same rule to both puts them
-    on one scale, and is a no-op (up to rounding) for the synthetic ones.
-    """
-    if not paths:
-        raise ValueError("no image files given")
-    parts = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
-        with np.load(path) as data:
-            if "image" not in data.files:
-                raise ValueError(f"{path}: no array 'image' (has {', '.join(data.files) or 'none'})")
-            image = data["image"]
-        if image.ndim != 3 or image.shape[1] != image.shape[2] or len(image) == 0:
-            raise ValueError(f"{path}: 'image' must be (n >= 1, P, P), got {image.shape}")
-        if parts and image.shape[1:] != parts[0].shape[1:]:
-            raise ValueError(f"{path}: patches of {image.shape[1:]} differ from {paths[0]}'s {parts[0].shape[1:]}")
-        parts.append(rescale_patches(image, 0.0, 255.0))
-    return parts
-
-
-def load_images(paths: list[Path]) -> np.ndarray:
-    """All images of patch or dataset .npz files, concatenated, on the 0..255 scale (see load_image_files)."""
-    return np.concatenate(load_image_files(paths))
 
 
 def random_cnn() -> nn.Sequential:

@@ -1,6 +1,6 @@
 """Quality stage: Fréchet distances to real train and test patches, SSIM diversity, t-SNE, and the quality table.
 
-Every image set, real or synthetic, is first min-max scaled per patch to 0..255 (`dpmra.features.load_images`,
+Every image set, real or synthetic, is first min-max scaled per patch to 0..255 (`dpmra.intensity.load_images`,
 the rule the release applies to generated images), so both sides of a comparison share one scale.
 """
 
@@ -24,9 +24,9 @@ from dpmra.features import (
     extract_features,
     feature_statistics,
     frechet_distance,
-    load_images,
     resolve_backbone,
 )
+from dpmra.intensity import load_images
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,10 @@ from dpmra.features import (
     extract_features,
     feature_statistics,
     frechet_distance,
-    load_images,
     resolve_backbone,
 )
 from dpmra.generator import build_generator, sample_pairs
-from dpmra.intensity import rescale_patches
+from dpmra.intensity import load_images, rescale_patches
 from dpmra.pictures import save_patch_gallery
 
 log = logging.getLogger(__name__)
