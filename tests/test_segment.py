@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from dpmra import checkpoint, segment
+from dpmra.predict import load_model
 from dpmra.segment import (
     UnetParams,
     UnetTrainer,
     augment,
     augmentation_matrices,
-    load_model,
     load_sources,
     train_unet,
 )

@@ -8,8 +8,8 @@ import torch
 from dpmra.metrics import segmentation_metrics
 from dpmra.patches import extract_patches, patient_rng, save_patches
 from dpmra.phantom import make_subject
-from dpmra.predict import Segmenter, predict_probability
-from dpmra.segment import UnetParams, load_model, train_unet
+from dpmra.predict import Segmenter, load_model, predict_probability
+from dpmra.segment import UnetParams, train_unet
 from dpmra.volumes import normalise_intensity
 
 SHAPE, P = (64, 64, 24), 16

@@ -23,6 +23,8 @@ import torch
 from scipy import linalg
 from torch import nn
 
+from dpmra.devices import default_device
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -128,13 +130,6 @@ def inception_model(weights: Path | None) -> nn.Module:
     finally:
         fid_inception.load_state_dict_from_url = original
     return model.eval()
-
-
-def default_device(device: str | None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from dpmra import checkpoint
 from dpmra.critic import Critic
+from dpmra.devices import default_device
 from dpmra.dpsgd import DPGradient
 from dpmra.generator import Generator, build_generator, sample_pairs
 from dpmra.privacy import TrainingAccountant
@@ -107,11 +108,6 @@ class GanParams:
     @property
     def private(self) -> bool:
         return math.isfinite(self.sigma)
-
-
-def default_device() -> torch.device:
-    """CUDA if available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_training_set(path: Path) -> Tensor:

@@ -26,8 +26,9 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from torch import Tensor
 from tqdm import tqdm
 
-from dpmra.segment import default_device, load_model
-from dpmra.unet import MULTIPLE
+from dpmra import checkpoint
+from dpmra.devices import default_device
+from dpmra.unet import MULTIPLE, UNet
 from dpmra.volumes import (
     AFFINE_ATOL_MM,
     VolumeError,
@@ -49,6 +50,14 @@ class Segmenter(NamedTuple):
     model: torch.nn.Module
     mean: float
     std: float
+
+
+def load_model(path: Path, device: torch.device | None = None) -> tuple[UNet, float, float]:
+    """The U-Net stored in a model.pt by `dpmra train-unet` (eval mode), with its training mean and standard deviation."""
+    stored = checkpoint.load(path)
+    model = UNet(**stored["config"])
+    model.load_state_dict(stored["state_dict"])
+    return model.to(device or default_device()).eval(), float(stored["mean"]), float(stored["std"])
 
 
 def axis_starts(start: int, stop: int, size: int) -> list[int]:

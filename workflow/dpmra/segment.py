@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from dpmra import checkpoint
 from dpmra.atomic import write_atomic
+from dpmra.devices import default_device
 from dpmra.unet import MULTIPLE, UNet, dice_loss
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,6 @@ class UnetParams:
         for name in ("batch_size", "epochs", "base_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def default_device() -> torch.device:
-    """CUDA if available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- training data -----------------------------------------------------------------
@@ -316,11 +312,3 @@ def train_unet(sources: list[Path], out_dir: Path, params: UnetParams) -> None:
         logger.info("epoch %d/%d: dice loss %.4f (%.1f s)", row["epoch"], params.epochs, row["loss"], row["seconds"])
     write_training_table(trainer.rows, out_dir / "training.tsv")
     write_model(trainer, out_dir / "model.pt")
-
-
-def load_model(path: Path, device: torch.device | None = None) -> tuple[UNet, float, float]:
-    """The U-Net stored in a model.pt (eval mode) with its training mean and standard deviation."""
-    stored = checkpoint.load(path)
-    model = UNet(**stored["config"])
-    model.load_state_dict(stored["state_dict"])
-    return model.to(device or default_device()).eval(), float(stored["mean"]), float(stored["std"])
