@@ -58,6 +58,17 @@ def test_critic_paper_layout() -> None:
     assert len(norms) == 4 and not any(n.affine for n in norms)
 
 
+def test_critic_normalises_only_maps_of_at_least_4_x_4() -> None:
+    """P = 32: maps 17, 9, 5, 3, 2, 1; InstanceNorm after convs 2 and 3 (9 x 9, 5 x 5), biases on convs 4 and 5."""
+    critic = Critic(32, 8)
+    assert map_sizes(32) == [17, 9, 5, 3, 2, 1]
+    layers = list(critic.net)
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    normed = [i + 1 < len(layers) and isinstance(layers[i + 1], nn.InstanceNorm2d) for i in convs]
+    assert normed == [False, True, True, False, False, False]
+    assert [layers[i].bias is not None for i in convs] == [True, False, False, True, True, True]
+
+
 def test_critic_score_is_mean_of_map() -> None:
     critic = Critic(96, 4)
     x = torch.randn(2, 2, 96, 96)

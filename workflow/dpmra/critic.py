@@ -2,9 +2,13 @@
 
 Six 4x4 convolutions with stride 2 (padding 2 for convs 1-5, padding 1 for the sixth,
 as in the paper's public code, so a 96 x 96 input ends in a 2 x 2 map), LeakyReLU 0.2,
-InstanceNorm (no affine parameters) after convs 2-5. The score is the mean of the final
-map. No BatchNorm: DP-SGD needs per-sample gradients, and BatchNorm mixes samples.
-Activations are not in place, so the DP engine can read each layer's output gradient.
+InstanceNorm (no affine parameters) after convs 2-5 where their map is at least 4 x 4
+(the paper's 96 x 96: maps 25, 13, 7, 4, all normalised). On smaller patches the deep maps
+are tiny (P=32: 3 x 3 and 2 x 2 after convs 4 and 5); normalising 4 or 9 values per
+channel leaves a saturated critic that stops training the generator, so those convs get
+a bias instead. The score is the mean of the final map. No BatchNorm: DP-SGD needs
+per-sample gradients, and BatchNorm mixes samples. Activations are not in place, so the
+DP engine can read each layer's output gradient.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ KERNEL = 4
 STRIDE = 2
 PADDINGS = (2, 2, 2, 2, 2, 1)
 NORMED = (False, True, True, True, True)
+MIN_NORM_SIZE = 4
+"""InstanceNorm only on maps of at least this size (all four at the paper's 96 x 96)."""
 
 
 def conv_out_size(size: int, padding: int) -> int:
@@ -37,10 +43,10 @@ class Critic(nn.Module):
     def __init__(self, patch_size: int = 96, width: int = 96, in_channels: int = 2) -> None:
         super().__init__()
         sizes = map_sizes(patch_size)
-        if sizes[-1] < 1 or any(s < 2 for s, normed in zip(sizes, NORMED) if normed):
+        if sizes[-1] < 1:
             raise ValueError(
                 f"patch_size {patch_size} is too small for the critic: map sizes {sizes} "
-                "(InstanceNorm needs >= 2 x 2, the output >= 1 x 1)"
+                "(the output needs >= 1 x 1)"
             )
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")
@@ -50,7 +56,7 @@ class Critic(nn.Module):
         layers: list[nn.Module] = []
         for i, padding in enumerate(PADDINGS):
             last = i == len(PADDINGS) - 1
-            normed = not last and NORMED[i]
+            normed = not last and NORMED[i] and sizes[i] >= MIN_NORM_SIZE
             layers.append(nn.Conv2d(channels[i], channels[i + 1], KERNEL, STRIDE, padding, bias=not normed))
             if normed:
                 layers.append(nn.InstanceNorm2d(channels[i + 1], affine=False))
