@@ -28,7 +28,7 @@ from dpmra.critic import Critic
 from dpmra.dpsgd import DPGradient
 
 BATCH = 32
-CONFIGS = [(32, 32), (32, 96), (96, 96)]  # (width, patch): the default width, and the paper's
+CONFIGS = [(16, 32), (32, 32), (32, 96), (96, 96)]  # (width, patch): the default, wider, and the paper's
 CLIP = 0.01
 
 
