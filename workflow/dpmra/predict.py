@@ -156,10 +156,12 @@ def predict_volume(
     patch_size: int,
     threshold: float = 0.5,
     batch_size: int = 64,
+    original_affine: np.ndarray | None = None,
 ) -> dict[str, Path]:
     """Segment a prepared (RAS, 0..255) volume; write probability, segmentation and (with a label) error map.
 
     All outputs carry the image's affine. Label voxels outside the brain mask count as false negatives.
+    With the input's `original_affine` (volume.json), also the segmentation in that orientation.
     """
     check_arguments(patch_size, threshold, batch_size)
     image_img = load_nifti(image)
@@ -178,6 +180,9 @@ def predict_volume(
     paths = {"probability": out_dir / "probability.nii.gz", "segmentation": out_dir / "segmentation.nii.gz"}
     save_nifti(probability, affine, paths["probability"])
     save_nifti(segmentation, affine, paths["segmentation"])
+    if original_affine is not None:
+        paths["segmentation_native"] = out_dir / "segmentation_native.nii.gz"
+        write_native(segmentation, affine, original_affine, paths["segmentation_native"])
     if label is not None:
         label_img = load_nifti(label)
         check_same_grid(image_img, image, label_img, label)
@@ -230,7 +235,7 @@ def predict_patients(
     segmenter = Segmenter(*load_model(model_path, default_device()))
     for patient in tqdm(patients, desc="patients"):
         folder = Path(data_dir) / patient
-        paths = predict_volume(
+        predict_volume(
             segmenter,
             folder / "image.nii.gz",
             folder / "brain_mask.nii.gz",
@@ -239,12 +244,5 @@ def predict_patients(
             patch_size,
             threshold,
             batch_size,
-        )
-        segmentation = load_nifti(paths["segmentation"])
-        info = json.loads((folder / "volume.json").read_text())
-        write_native(
-            np.asarray(segmentation.dataobj),
-            segmentation.affine,
-            np.array(info["original_affine"]),
-            Path(out_dir) / patient / "segmentation_native.nii.gz",
+            np.array(json.loads((folder / "volume.json").read_text())["original_affine"]),
         )
