@@ -122,11 +122,11 @@ def time_config(width: int, patch: int, reps: int) -> dict[str, float]:
 
 def rss_child(sigma: float, iterations: int) -> None:
     """Paper-width training (width 96, P = 96, batch 32) for a few generator iterations; print peak RSS."""
-    from dpmra.gan import GanParams, WganTrainer
+    from dpmra.gan import GanParams, TrainingData, WganTrainer
 
-    data = torch.rand(1024, 2, 96, 96) * 2 - 1
+    data = TrainingData(torch.rand(1024, 2, 96, 96) * 2 - 1, torch.arange(1024) // 256)
     params = GanParams(sigma=sigma, batch_size=BATCH)
-    trainer = WganTrainer(data, params, torch.device("cpu"))
+    trainer = WganTrainer(data, params, torch.device("cpu"), key=bytes(32))
     for _ in range(iterations):
         trainer.generator_iteration()
     print(peak_rss_self_gib())

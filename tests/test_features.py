@@ -60,12 +60,12 @@ def test_auto_falls_back_to_the_random_cnn_without_pytorch_fid(monkeypatch, capl
 
 def test_inception_needs_weights_on_disk(monkeypatch, tmp_path):
     monkeypatch.setattr(features, "import_inception", lambda: types.SimpleNamespace())
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert resolve_backbone("auto") == RANDOM_CNN
     with pytest.raises(ValueError, match="no Inception weights"):
         resolve_backbone(INCEPTION)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").touch()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").touch()
     assert resolve_backbone("auto") == INCEPTION
     assert resolve_backbone(INCEPTION) == INCEPTION
 

@@ -20,6 +20,8 @@ from dpmra.gan import COLUMNS, GanParams, WganTrainer, load_training_set, sample
 PATCH = 16
 N = 48
 TINY = GanParams(sigma=1.0, epochs=2, batch_size=8, width_g=4, width_d=4, latent_dim=8, seed=3)
+KEY = bytes(range(32))
+PATIENTS = np.arange(N) // 12
 
 
 def synthetic_patches(n: int, p: int, seed: int = 0) -> np.ndarray:
@@ -39,7 +41,14 @@ def synthetic_patches(n: int, p: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def train_set(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "train.npz"
-    np.savez(path, x=synthetic_patches(N, PATCH))
+    np.savez(path, x=synthetic_patches(N, PATCH), patient=PATIENTS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("private") / "secret.key"
+    path.write_bytes(KEY)
     return path
 
 
@@ -61,9 +70,9 @@ def assert_same_training(a: dict, b: dict) -> None:
             assert torch.equal(state["square_avg"], b[opt]["state"][pid]["square_avg"])
 
 
-def test_non_private_run_writes_outputs_and_critic_learns(train_set: Path, tmp_path: Path) -> None:
+def test_non_private_run_writes_outputs_and_critic_learns(train_set: Path, secret: Path, tmp_path: Path) -> None:
     params = replace(TINY, sigma=math.inf, epochs=3)
-    train_gan(train_set, tmp_path, params)
+    train_gan(train_set, tmp_path, params, secret)
     table = pd.read_csv(tmp_path / "epochs.tsv", sep="\t")
     assert list(table.columns) == COLUMNS
     assert table["epoch"].tolist() == [1, 2, 3]
@@ -88,17 +97,17 @@ def test_non_private_run_writes_outputs_and_critic_learns(train_set: Path, tmp_p
     np.testing.assert_array_equal(samples, sample_generator(tmp_path / "generator.pt", 5, seed=1))
 
 
-def test_kill_and_resume_matches_uninterrupted(train_set: Path, tmp_path: Path, monkeypatch) -> None:
+def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tmp_path: Path, monkeypatch) -> None:
     """Bit-identical on CPU (GPU kernels need not be deterministic)."""
     monkeypatch.setattr(gan, "default_device", lambda: torch.device("cpu"))
     whole, staged, killed = tmp_path / "whole", tmp_path / "staged", tmp_path / "killed"
-    train_gan(train_set, whole, TINY)
+    train_gan(train_set, whole, TINY, secret)
     reference = final_state(whole)
     assert reference["critic_steps"] == 2 * 6 * 5
 
     # stopped cleanly after epoch 1, then asked for 2 epochs
-    train_gan(train_set, staged, replace(TINY, epochs=1))
-    train_gan(train_set, staged, TINY)
+    train_gan(train_set, staged, replace(TINY, epochs=1), secret)
+    train_gan(train_set, staged, TINY, secret)
     assert_same_training(final_state(staged), reference)
 
     # killed in the middle of epoch 2: that epoch is redone from the epoch-1 checkpoint
@@ -113,10 +122,10 @@ def test_kill_and_resume_matches_uninterrupted(train_set: Path, tmp_path: Path, 
 
     monkeypatch.setattr(WganTrainer, "generator_iteration", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train_gan(train_set, killed, TINY)
+        train_gan(train_set, killed, TINY, secret)
     assert checkpoint.latest_epoch_checkpoint(killed / "checkpoints").name == "epoch_001.pt"
     monkeypatch.setattr(WganTrainer, "generator_iteration", original)
-    train_gan(train_set, killed, TINY)
+    train_gan(train_set, killed, TINY, secret)
     resumed = final_state(killed)
     assert_same_training(resumed, reference)
     table = pd.read_csv(killed / "epochs.tsv", sep="\t")
@@ -130,27 +139,27 @@ def test_kill_and_resume_matches_uninterrupted(train_set: Path, tmp_path: Path, 
     )
 
 
-def test_checkpoints_of_another_run_are_discarded(train_set: Path, tmp_path: Path, caplog) -> None:
+def test_checkpoints_of_another_run_are_discarded(train_set: Path, secret: Path, tmp_path: Path, caplog) -> None:
     """Other settings, other data or fewer epochs: the kept checkpoints are deleted and training starts afresh."""
     fresh = replace(TINY, sigma=2.0, epochs=1)
-    train_gan(train_set, tmp_path / "fresh", fresh)
-    train_gan(train_set, tmp_path / "run", TINY)
+    train_gan(train_set, tmp_path / "fresh", fresh, secret)
+    train_gan(train_set, tmp_path / "run", TINY, secret)
     caplog.set_level(logging.INFO, logger="dpmra.gan")
-    train_gan(train_set, tmp_path / "run", fresh)
+    train_gan(train_set, tmp_path / "run", fresh, secret)
     assert "discarding" in caplog.text and "sigma: 1.0 -> 2.0" in caplog.text
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch_001.pt"]
     fresh_table = pd.read_csv(tmp_path / "fresh" / "epochs.tsv", sep="\t").drop(columns="seconds")
     run_table = pd.read_csv(tmp_path / "run" / "epochs.tsv", sep="\t").drop(columns="seconds")
     pd.testing.assert_frame_equal(run_table, fresh_table)
     other = tmp_path / "other.npz"
-    np.savez(other, x=synthetic_patches(N, PATCH, seed=9))
+    np.savez(other, x=synthetic_patches(N, PATCH, seed=9), patient=PATIENTS)
     caplog.clear()
-    train_gan(other, tmp_path / "run", fresh)
+    train_gan(other, tmp_path / "run", fresh, secret)
     assert "other training data" in caplog.text
 
 
-def test_paper_mode_reports_both_epsilons(train_set: Path, tmp_path: Path) -> None:
-    train_gan(train_set, tmp_path, replace(TINY, mode="paper", epochs=1))
+def test_paper_mode_reports_both_epsilons(train_set: Path, secret: Path, tmp_path: Path) -> None:
+    train_gan(train_set, tmp_path, replace(TINY, mode="paper", epochs=1), secret)
     table = pd.read_csv(tmp_path / "epochs.tsv", sep="\t")
     assert list(table.columns) == COLUMNS + ["epsilon_rdp_paper"]
     row = table.iloc[-1]
@@ -165,7 +174,7 @@ def test_paper_mode_reports_both_epsilons(train_set: Path, tmp_path: Path) -> No
 def test_fresh_update_privatises_only_the_real_term(train_set: Path, monkeypatch) -> None:
     """Critic gradient = sum of clipped real-sample gradients / expected batch + plain fake-term gradient."""
     params = replace(TINY, max_grad_norm=1e-3)
-    trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"))
+    trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"), KEY)
     trainer.dp.noise_multiplier = 0.0
     real = trainer.data[:5]
     before = copy.deepcopy(trainer.critic)
@@ -196,7 +205,7 @@ def test_fresh_update_privatises_only_the_real_term(train_set: Path, monkeypatch
 
 
 def test_empty_poisson_batch_is_noise_plus_fake_term(train_set: Path, monkeypatch) -> None:
-    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"))
+    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"), KEY)
     monkeypatch.setattr(trainer, "poisson_batch", lambda: trainer.data[:0])
     before = [p.detach().clone() for p in trainer.critic.parameters()]
     assert math.isnan(trainer.critic_update_fresh())
@@ -206,7 +215,7 @@ def test_empty_poisson_batch_is_noise_plus_fake_term(train_set: Path, monkeypatc
 
 
 def test_poisson_batches_have_rate_q(train_set: Path) -> None:
-    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"))
+    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"), KEY)
     sizes = [trainer.poisson_batch().shape[0] for _ in range(2000)]
     assert np.mean(sizes) == pytest.approx(TINY.batch_size, rel=0.05)
     assert np.var(sizes) == pytest.approx(N * (8 / N) * (1 - 8 / N), rel=0.15)
@@ -214,10 +223,10 @@ def test_poisson_batches_have_rate_q(train_set: Path) -> None:
 
 def test_training_set_contract(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
-    np.savez(bad, x=np.zeros((4, 1, 16, 16), np.float32))
+    np.savez(bad, x=np.zeros((4, 1, 16, 16), np.float32), patient=np.arange(4))
     with pytest.raises(ValueError, match="shape"):
         load_training_set(bad)
-    np.savez(bad, x=np.full((4, 2, 16, 16), 2.0, np.float32))
+    np.savez(bad, x=np.full((4, 2, 16, 16), 2.0, np.float32), patient=np.arange(4))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         load_training_set(bad)
     with pytest.raises(ValueError, match="mode"):

@@ -93,7 +93,22 @@ def test_training_set(patches, tmp_path):
     x = training_set([tmp_path / "a.npz", tmp_path / "b.npz"], tmp_path / "train.npz", tmp_path / "gallery.png")
     assert x.shape == (122, 2, P, P) and x.dtype == np.float32
     np.testing.assert_array_equal(np.load(tmp_path / "train.npz")["x"], x)
+    np.testing.assert_array_equal(np.load(tmp_path / "train.npz")["patient"], [0] * 61 + [1] * 61)
     assert x[:, 0].min() >= -1 and x[:, 0].max() <= 1
     assert set(np.unique(x[:, 1]).tolist()) == {-1.0, 1.0}
     np.testing.assert_array_equal(x[:61, 1] == 1, p.label == 1)
     assert (tmp_path / "gallery.png").stat().st_size > 1000
+
+
+def test_vessels_outside_the_mask_still_centre_vessel_patches():
+    """A derived mask need not cover the label: vessel centres follow the label, random ones stay in the mask."""
+    image, label, mask = toy_subject()
+    mask[:, 15:, :] = 0  # the vessel along x (y = 17..18) now lies outside the mask
+    outside = label.astype(bool) & (mask == 0)
+    assert outside.any()
+    p = extract_patches(image, label, mask, n_patches=400, size=P, rng=patient_rng(0, "P1"))
+    x, y, z = p.centres.T
+    vessel = p.kind == KIND_VESSEL
+    assert (label[x, y, z][vessel] == 1).all() and outside[x, y, z][vessel].any()
+    assert (mask[x, y, z][~vessel] == 1).all()
+    assert len({tuple(c) for c in p.centres}) == len(p.centres)

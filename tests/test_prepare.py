@@ -11,7 +11,7 @@ import pytest
 from conftest import AFFINE, save, toy_subject
 
 from dpmra.prepare import prepare_subject
-from dpmra.volumes import VolumeError, derive_brain_mask
+from dpmra.volumes import VolumeError, derive_brain_mask, read_subject
 
 N, P = 20, 16
 
@@ -70,8 +70,44 @@ def test_derived_mask_keeps_largest_component():
     image = np.zeros((30, 30, 6), np.float32)
     image[5:20, 5:20] = 100
     image[26:28, 26:28] = 100
-    mask = derive_brain_mask(image, np.zeros_like(image, dtype=np.uint8))
+    mask = derive_brain_mask(image)
     assert mask[10, 10, 3] == 1 and mask[27, 27, 3] == 0
+
+
+def labels_with_stray_vessels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The toy label, the same with vessels added in the dark corner outside the brain, and that corner."""
+    _, label, _ = toy_subject()
+    stray = np.zeros_like(label)
+    stray[0:2, 0:2, :] = 1
+    return label, label | stray, stray
+
+
+def test_prepared_mask_is_the_same_for_two_labels(subject_files, tmp_path):
+    """Same image, two labels: prepare writes identical derived masks and counts the label outside them."""
+    masks, infos = [], []
+    for name, vessels in zip(("inside", "stray"), labels_with_stray_vessels()[:2]):
+        files = {**subject_files, "label": save(vessels, tmp_path / f"label_{name}.nii.gz")}
+        infos.append(run(files, tmp_path / name, mask=False))
+        masks.append(nib.load(tmp_path / name / "brain_mask.nii.gz").get_fdata())
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert infos[1]["label_voxels_outside_mask"] - infos[0]["label_voxels_outside_mask"] == 2 * 2 * 8
+    assert infos[0]["brain_voxels"] == infos[1]["brain_voxels"]
+
+
+def test_read_subject_derives_the_mask_without_the_label(subject_files, tmp_path):
+    """Without a mask path, read_subject's mask is the image-only mask whatever the label holds."""
+    image, _, _ = toy_subject()
+    _, with_stray, stray = labels_with_stray_vessels()
+    subject, provenance = read_subject(subject_files["image"], save(with_stray, tmp_path / "stray.nii.gz"), None)
+    np.testing.assert_array_equal(subject.brain_mask, derive_brain_mask(image))
+    assert not subject.brain_mask[stray > 0].any()
+    assert provenance["label_voxels_outside_mask"] >= stray.sum()
+    assert "vessel label is not read" in provenance["mask_method"]
+
+
+def test_empty_derived_mask(subject_files, tmp_path):
+    save(np.full((40, 36, 8), 5.0, np.float32), subject_files["image"])
+    expect_error(subject_files, tmp_path / "out", "image.nii.gz: the brain mask derived", "empty", mask=False)
 
 
 def test_lps_volume_is_brought_to_ras(subject_files, tmp_path):

@@ -25,9 +25,10 @@ def trained(tmp_path_factory, one_torch_thread) -> Path:
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (40, 2, PATCH, PATCH)).astype(np.float32)
     x[:, 1] = np.sign(x[:, 1])
-    np.savez(root / "train.npz", x=x)
+    np.savez(root / "train.npz", x=x, patient=np.arange(40) // 10)
+    (root / "secret.key").write_bytes(bytes(32))
     params = GanParams(sigma=1.2, epochs=2, batch_size=8, width_g=4, width_d=4, latent_dim=8, seed=5)
-    train_gan(root / "train.npz", root / "run", params)
+    train_gan(root / "train.npz", root / "run", params, root / "secret.key")
     (root / "train.npz").unlink()  # release must not need the training data
     return root / "run"
 
@@ -52,9 +53,10 @@ def test_privacy_card_matches_the_accountant(trained: Path, tmp_path: Path):
     assert card["epsilon"]["rdp"] == pytest.approx(last["epsilon_rdp"])
     assert card["epsilon"]["prv"] == pytest.approx(last["epsilon_prv"])
     assert card["critic_steps"] == last["critic_steps"] and card["epochs"] == last["epoch"] == 2
-    assert card["sigma"] == 1.2 and card["seed"] == 5 and card["mode"] == "fresh"
+    assert card["sigma"] == 1.2 and card["mode"] == "fresh" and "seed" not in card
     assert card["sample_rate"] == pytest.approx(8 / 40) and card["training_set_size"] == 40
-    assert card["delta"] == pytest.approx(1 / 40)
+    assert card["delta"] == 0.002  # 1 / (10 N) = 0.0025, rounded down to one significant digit
+    assert card["warnings"] == [] and card["privacy_unit"] == "patch" and card["max_patches_per_patient"] == 10
     assert card["release"]["n"] == 30 and card["release"]["label_threshold"] == 0.8
     assert len(card["config_digest"]) == 64 and card["code_version"].startswith("0.1.0")
 
@@ -118,3 +120,21 @@ def test_val_fd_releases_the_epoch_closest_to_validation(trained: Path, tmp_path
 def test_val_fd_needs_validation_patches(trained: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="needs the validation patients' patch files"):
         release_dataset(trained / "generator.pt", tmp_path, ReleaseParams(n=2, checkpoint="val_fd"), "run")
+
+
+def test_card_states_the_patch_and_patient_guarantees(trained: Path, tmp_path: Path):
+    """Per patch the mechanism's (eps, delta); per patient group privacy over the 10 patches one patient gave."""
+    card = release_dataset(trained / "generator.pt", tmp_path, ReleaseParams(n=4, seed=1), "run")
+    eps, delta = card["epsilon"]["rdp"], card["delta"]
+    guarantee = card["guarantee"]
+    assert guarantee["unit"] == "patch" and guarantee["per_patch"] == {"epsilon": eps, "delta": delta}
+    patient = guarantee["per_patient"]
+    assert patient["group_size"] == 10
+    expected_delta = 10 * np.exp(9 * eps) * delta
+    if expected_delta >= 1:
+        assert patient["epsilon"] == patient["delta"] == "vacuous"
+        assert "no formal guarantee for a patient" in guarantee["statement"]
+    else:
+        assert patient["epsilon"] == pytest.approx(10 * eps) and patient["delta"] == pytest.approx(expected_delta)
+    assert "per training patch" in guarantee["statement"]
+    assert "Gaussian noise of DP-SGD" in card["secret"]["secret_streams"]

@@ -24,15 +24,17 @@ def read_card(path: Path) -> dict:
 def card_columns(path: Path) -> dict:
     """source, sigma, seed and (RDP) epsilon of a synthetic dataset, from its privacy card.
 
-    The source is the card's directory below the synth root, `sigma~{sigma}/seed~{seed}`.
+    The source is the card's directory below the synth root, `sigma~{sigma}/seed~{seed}`; the seed (the run
+    index) is read from it, since the card does not carry it.
     """
     path = Path(path)
     card = read_card(path)
+    source = "/".join(path.parent.parts[-2:])
     try:
         return {
-            "source": "/".join(path.parent.parts[-2:]),
+            "source": source,
             "sigma": float(card["sigma"]),
-            "seed": int(card["seed"]),
+            "seed": int(source.rpartition("seed~")[2]),
             "epsilon": card_epsilon(card["epsilon"]["rdp"]),
         }
     except (KeyError, TypeError, ValueError) as err:

@@ -25,6 +25,12 @@ Conv2d); G: the gradient of sum_i loss_i with respect to the layer's output, (B,
 G_i is sample i's own output gradient only if samples do not interact, so BatchNorm is
 refused.
 
+Groups (the patient as privacy unit): with ``group_size`` m, consecutive rows of m
+samples form one unit whose gradient is the sum of its samples' gradients. Its weight
+gradient is G_u^T A_u with the unit's output positions the union of its samples' (A_u:
+(m T, Din)), so the same two formulas give its norm; the clipping factor of the unit then
+scales each of its samples' terms.
+
 Per-sample squared norms are summed over layers in float64: float32 norms of
 multi-million-element tensors were off by up to 4e-4 (DESIGN.md), enough to break the
 sensitivity bound. Clipping uses C / (1 + NORM_RTOL) so that the remaining float32
@@ -53,9 +59,9 @@ class ClippedSum:
     grads: list[Tensor]
     """sum_i c_i g_i per trainable parameter (aligned with BookKeepingClipper.params)."""
     norms: Tensor
-    """(B,) float64 per-sample gradient norms before clipping."""
+    """(U,) float64 per-unit gradient norms before clipping (U = B for one sample per unit)."""
     factors: Tensor
-    """(B,) float64 clipping factors c_i = min(1, C / ((1 + NORM_RTOL) ||g_i||))."""
+    """(U,) float64 clipping factors c_u = min(1, C / ((1 + NORM_RTOL) ||g_u||))."""
     outputs: Tensor
     """The module's outputs on the batch, detached."""
 
@@ -188,32 +194,43 @@ its (already unfolded) patches: the convolution weight-gradient kernel was 2x sl
 class _LayerTerms:
     """A layer's per-sample squared norms and, once the factors are known, its clipped sums."""
 
-    def __init__(self, layer: nn.Module, inputs: Tensor, grad_output: Tensor) -> None:
+    def __init__(self, layer: nn.Module, inputs: Tensor, grad_output: Tensor, group_size: int = 1) -> None:
         self.layer = layer
         self.inputs = inputs
         self.grad_output = grad_output
+        self.group_size = group_size
         g = output_grads(layer, grad_output)
         positions, d_out, d_in = g.shape[1], g.shape[2], layer.weight[0].numel()
         self.bias_grads = g.sum(dim=1)
-        self.ghost = use_ghost_norm(positions, d_in, d_out)
+        self.ghost = use_ghost_norm(group_size * positions, d_in, d_out)
         self.weight_grads: Tensor | None = None
         self.patches: tuple[Tensor, Tensor] | None = None
         if self.ghost:
             a = input_patches(layer, inputs)
-            self.weight_sq_norms = ghost_sq_norms(a, g)
+            self.weight_sq_norms = ghost_sq_norms(self._grouped(a), self._grouped(g))
             if isinstance(layer, nn.Conv2d) and positions <= SMALL_MAP_POSITIONS:
                 self.patches = (a, g)
         else:
             self.weight_grads = per_sample_weight_grads(layer, inputs, grad_output)
-            self.weight_sq_norms = sq_norms(self.weight_grads)
+            self.weight_sq_norms = sq_norms(self._unit_sums(self.weight_grads))
+
+    def _grouped(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B / m, m T, D): each unit's output positions are the union of its samples'."""
+        return x.reshape(x.shape[0] // self.group_size, -1, x.shape[-1])
+
+    def _unit_sums(self, x: Tensor) -> Tensor:
+        """Per-sample tensors (B, ...) summed within each unit of m consecutive samples: (B / m, ...)."""
+        if self.group_size == 1:
+            return x
+        return x.reshape(x.shape[0] // self.group_size, self.group_size, *x.shape[1:]).sum(dim=1)
 
     def sq_norms(self) -> Tensor:
-        """(B,) float64 squared norm of this layer's trainable-parameter gradients."""
+        """(B / m,) float64 squared norm of each unit's gradient of this layer's trainable parameters."""
         total = torch.zeros_like(self.weight_sq_norms)
         if self.layer.weight.requires_grad:
             total += self.weight_sq_norms
         if self.layer.bias is not None and self.layer.bias.requires_grad:
-            total += sq_norms(self.bias_grads)
+            total += sq_norms(self._unit_sums(self.bias_grads))
         return total
 
     def _weighted_weight_grad(self, c: Tensor) -> Tensor:
@@ -282,8 +299,16 @@ class BookKeepingClipper:
             raise ValueError("a layer was called twice in one forward pass (weight sharing is not supported)")
         return outputs, records
 
-    def clipped_grad_sum(self, inputs: Tensor, per_sample_loss: Callable[[Tensor], Tensor]) -> ClippedSum:
-        """sum_i min(1, C/||g_i||) g_i, where g_i is the gradient of per_sample_loss(module(x))[i]."""
+    def clipped_grad_sum(
+        self, inputs: Tensor, per_sample_loss: Callable[[Tensor], Tensor], group_size: int = 1
+    ) -> ClippedSum:
+        """sum_u min(1, C/||g_u||) g_u over units u of ``group_size`` consecutive samples.
+
+        g_u is the sum over the unit's samples i of the gradient of per_sample_loss(module(x))[i];
+        with group_size 1 every sample is its own unit.
+        """
+        if group_size < 1 or inputs.shape[0] % group_size:
+            raise ValueError(f"a batch of {inputs.shape[0]} samples does not split into units of {group_size}")
         if inputs.shape[0] == 0:
             return self._empty(inputs)
         outputs, records = self._forward(inputs)
@@ -299,19 +324,20 @@ class BookKeepingClipper:
                 )
         grads_out = torch.autograd.grad(losses.sum(), [r.output for r in records], allow_unused=True)
         terms = [
-            _LayerTerms(r.layer, r.inputs, torch.zeros_like(r.output) if g is None else g)
+            _LayerTerms(r.layer, r.inputs, torch.zeros_like(r.output) if g is None else g, group_size)
             for r, g in zip(records, grads_out)
         ]
         by_layer = {id(t.layer): t for t in terms}
         norms = torch.stack([t.sq_norms() for t in terms]).sum(dim=0).sqrt()
         factors = self.factors(norms)
+        sample_factors = factors.repeat_interleave(group_size)
         grads: list[Tensor] = []
         for layer in self.layers:
             term = by_layer.get(id(layer))
             if term is None:
                 grads.extend(torch.zeros_like(p) for p in _own_trainable(layer))
             else:
-                grads.extend(term.clipped_sums(factors))
+                grads.extend(term.clipped_sums(sample_factors))
         return ClippedSum(grads, norms, factors, outputs.detach())
 
     def _empty(self, inputs: Tensor) -> ClippedSum:
@@ -355,10 +381,13 @@ class DPGradient:
         return self.noise_multiplier * self.clipper.max_grad_norm
 
     def accumulate(
-        self, inputs: Tensor, per_sample_loss: Callable[[Tensor], Tensor] = lambda out: out
+        self, inputs: Tensor, per_sample_loss: Callable[[Tensor], Tensor] = lambda out: out, group_size: int = 1
     ) -> ClippedSum:
-        """Add the privatised gradient to each parameter's .grad; return the clipping pass."""
-        result = self.clipper.clipped_grad_sum(inputs, per_sample_loss)
+        """Add the privatised gradient to each parameter's .grad; return the clipping pass.
+
+        ``group_size`` consecutive samples form one privacy unit, clipped as one (see the module docstring).
+        """
+        result = self.clipper.clipped_grad_sum(inputs, per_sample_loss, group_size)
         for param, clipped in zip(self.clipper.params, result.grads):
             noisy = (clipped + self._noise(param)) / self.expected_batch_size
             param.grad = noisy if param.grad is None else param.grad + noisy

@@ -23,18 +23,13 @@ import torch
 from scipy import linalg
 from torch import nn
 
+from dpmra.backbones import BACKBONES, FID_INSTALL, INCEPTION, RANDOM_CNN, hub_weights, missing_weights_reason
 from dpmra.devices import default_device
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
-INCEPTION = "inception-v3"
-RANDOM_CNN = "random-cnn-s0-d256"
-BACKBONES = (AUTO, INCEPTION, RANDOM_CNN)
-
 RANDOM_CNN_SEED = 0
 RANDOM_CNN_WIDTHS = (32, 64, 128, 256)
-INCEPTION_WEIGHTS_GLOB = "pt_inception-2015-12-05-*.pth"
 INCEPTION_DIMS = 2048
 
 
@@ -69,23 +64,14 @@ def import_inception():
     return pytorch_fid.inception
 
 
-def hub_weights() -> Path | None:
-    """pytorch-fid's cached Inception weights in the torch hub directory, if present."""
-    found = sorted((Path(torch.hub.get_dir()) / "checkpoints").glob(INCEPTION_WEIGHTS_GLOB))
-    return found[-1] if found else None
-
-
 def inception_unavailable(weights: Path | None) -> str | None:
     """Why the Inception-v3 backbone cannot run here (None if it can): pytorch-fid missing, or no weights on disk."""
     try:
         import_inception()
     except (ImportError, RuntimeError, AttributeError) as err:  # a torchvision built for another torch fails so
-        return f"pytorch-fid is not importable ({err}); install the [fid] extra"
+        return f"pytorch-fid is not importable ({err}); run `{FID_INSTALL}`"
     if weights is None and hub_weights() is None:
-        return (
-            f"no Inception weights: configure a local file, or place pytorch-fid's {INCEPTION_WEIGHTS_GLOB} in "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints'} (never downloaded)"
-        )
+        return missing_weights_reason()
     return None
 
 

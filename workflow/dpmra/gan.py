@@ -16,18 +16,27 @@ An epoch is round(1/q) generator iterations, i.e. n_critic/q critic updates (the
 meaning). Fake batches always have the expected batch size: their size must not reveal
 the private batch's.
 
+Privacy unit (``unit``): ``patch`` (the paper's) treats each training pair as a record;
+``patient`` samples patients by Poisson sampling (rate q = patient_batch / patients),
+takes ``patient_patches`` of each sampled patient's pairs, and clips the sum of that
+patient's per-pair gradients to C as one unit, so one patient moves an update by at most C.
+
 The diagnostics in ``epochs.tsv`` (losses, Wasserstein estimate) are computed on private
 batches outside the DP mechanism: they are for the operator, not for release. The
 generator and its samples are covered by the reported epsilon (post-processing).
-The DP noise comes from a PRNG seeded from the run seed so that runs are reproducible.
-Whoever knows the seed (or holds a checkpoint, which stores the noise generator's state)
-can recompute the noise, and the guarantee does not hold against them: for a release,
-keep the seed and the checkpoints private.
+
+Randomness: the streams the guarantee relies on (Poisson sampling and the Gaussian noise)
+are seeded from the secret key (``dpmra.secret``) and the run's settings, never from a
+value that appears in an output; the public streams (initial weights, latent vectors, the
+fixed sample grid) come from the run seed. Checkpoints store the secret streams' states and
+stay private like the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import logging
 import math
 import time
@@ -48,7 +57,8 @@ from dpmra.critic import Critic
 from dpmra.devices import default_device
 from dpmra.dpsgd import DPGradient
 from dpmra.generator import Generator, build_generator, sample_pairs
-from dpmra.privacy import TrainingAccountant
+from dpmra.privacy import TrainingAccountant, resolve_delta
+from dpmra.secret import derive_seed, load_key
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +70,7 @@ COLUMNS = [
     "wasserstein",
     "epsilon_rdp",
     "epsilon_prv",
+    "unit",
     "seconds",
 ]
 PAPER_COLUMNS = ["epsilon_rdp_paper"]
@@ -86,14 +97,27 @@ class GanParams:
     latent_dim: int = 128
     mode: Literal["fresh", "paper"] = "fresh"
     seed: int = 0
-    delta: float | None = None
-    """Target delta; None means 1/N."""
+    """The run index of the study: seeds the public streams only (initial weights, latents)."""
+    delta: float | str | None = None
+    """Target delta; None means 1 / (10 N) rounded down, "1/N" the paper's (N privacy units)."""
+    unit: Literal["patch", "patient"] = "patch"
+    """Privacy unit: one training pair (the paper's) or one training patient."""
+    patient_batch: float = 2.0
+    """Expected patients per batch (unit patient); the Poisson rate is patient_batch / patients."""
+    patient_patches: int = 16
+    """Pairs taken from each sampled patient per critic update (unit patient)."""
     sample_every: int = 1
     """Write a sample grid every this many epochs (and after the last)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("fresh", "paper"):
             raise ValueError(f"mode must be 'fresh' or 'paper', got {self.mode!r}")
+        if self.unit not in ("patch", "patient"):
+            raise ValueError(f"unit must be 'patch' or 'patient', got {self.unit!r}")
+        if self.unit == "patient" and self.mode != "fresh":
+            raise ValueError("the patient unit is implemented for the fresh loop only")
+        if not (self.patient_batch > 0 and self.patient_patches >= 1):
+            raise ValueError("patient_batch must be positive and patient_patches >= 1")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be positive (math.inf for non-private), got {self.sigma}")
         positive = ("epochs", "batch_size", "n_critic", "width_g", "width_d", "latent_dim", "sample_every")
@@ -102,27 +126,48 @@ class GanParams:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and self.clip_weight > 0 and self.max_grad_norm > 0):
             raise ValueError("lr, clip_weight and max_grad_norm must be positive")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if self.delta is not None and self.delta != "1/N" and not 0 < float(self.delta) < 1:
+            raise ValueError(f"delta must be in (0, 1) or '1/N', got {self.delta}")
 
     @property
     def private(self) -> bool:
         return math.isfinite(self.sigma)
 
 
-def load_training_set(path: Path) -> Tensor:
-    """The ``x`` array of a training-set .npz: float32 (N, 2, P, P) in [-1, 1]."""
+@dataclass(frozen=True)
+class TrainingData:
+    """The GAN's private training pairs and the patient each came from."""
+
+    x: Tensor
+    """float32 (N, 2, P, P) in [-1, 1]."""
+    patient: Tensor
+    """int64 (N,): index of the pair's patient, 0 .. patients - 1."""
+
+    @property
+    def patients(self) -> int:
+        return int(self.patient.max()) + 1
+
+    def max_per_patient(self) -> int:
+        """The most pairs one patient contributes: the group size of the per-patient guarantee."""
+        return int(torch.bincount(self.patient).max())
+
+
+def load_training_set(path: Path) -> TrainingData:
+    """The ``x`` and ``patient`` arrays of a training-set .npz, checked."""
     with np.load(Path(path)) as npz:
-        if "x" not in npz:
-            raise ValueError(f"{path}: no array 'x'")
-        x = npz["x"]
+        for name in ("x", "patient"):
+            if name not in npz:
+                raise ValueError(f"{path}: no array {name!r} (rebuild it with `dpmra training-set`)")
+        x, patient = npz["x"], npz["patient"]
     if x.ndim != 4 or x.shape[1] != 2 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
         raise ValueError(f"{path}: 'x' must have shape (N, 2, P, P) with N >= 1, got {x.shape}")
     if x.dtype != np.float32:
         raise ValueError(f"{path}: 'x' must be float32, got {x.dtype}")
     if not np.isfinite(x).all() or x.min() < -1 or x.max() > 1:
         raise ValueError(f"{path}: 'x' must be finite and within [-1, 1]")
-    return torch.from_numpy(x)
+    if patient.shape != (x.shape[0],) or patient.min() < 0 or len(np.unique(patient)) != patient.max() + 1:
+        raise ValueError(f"{path}: 'patient' must give each pair a patient index 0 .. patients - 1")
+    return TrainingData(torch.from_numpy(x), torch.from_numpy(patient.astype(np.int64)))
 
 
 @contextmanager
@@ -142,32 +187,60 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(valid)) if valid else math.nan
 
 
-def _seeds(seed: int) -> dict[str, int]:
-    """Independent seeds for the run's random streams, derived from the run seed."""
-    names = ("init", "sampler", "noise", "latent", "fixed_z")
-    values = np.random.SeedSequence(seed).generate_state(len(names), dtype=np.uint64)
-    return {name: int(v) % 2**63 for name, v in zip(names, values)}
+PUBLIC_STREAMS = ("init", "latent", "fixed_z")
+SECRET_STREAMS = ("sampler", "noise")
+"""The streams the DP guarantee relies on: seeded from the secret key, never from the run seed."""
+
+
+def _public_seeds(seed: int) -> dict[str, int]:
+    """Seeds of the streams that may be public (initial weights, latents), derived from the run seed."""
+    values = np.random.SeedSequence(seed).generate_state(len(PUBLIC_STREAMS), dtype=np.uint64)
+    return {name: int(v) % 2**63 for name, v in zip(PUBLIC_STREAMS, values)}
+
+
+def run_name(params: GanParams) -> str:
+    """The run's identity for the keyed streams: every setting that shapes training (not plotting)."""
+    settings = {k: v for k, v in asdict(params).items() if k != "sample_every"}
+    return "gan:" + json.dumps(settings, sort_keys=True)
+
+
+def _secret_seeds(key: bytes, params: GanParams) -> dict[str, int]:
+    """Seeds of the sampling and noise streams: HMAC of the secret key, the run and the stream name."""
+    return {name: derive_seed(key, run_name(params), name) for name in SECRET_STREAMS}
+
+
+def key_check(key: bytes, params: GanParams) -> str:
+    """A tag that tells whether a checkpoint was made with this key (kept in checkpoints only)."""
+    return hmac.new(key, (run_name(params) + "\x00checkpoint").encode(), hashlib.sha256).hexdigest()
 
 
 class WganTrainer:
     """The models, optimisers, random streams and privacy accounting of one run.
 
     All randomness after initialisation comes from the run's own generators (Poisson
-    sampling, DP noise, latent vectors), whose states the checkpoints hold; the global
-    RNGs are neither used nor changed.
+    sampling and DP noise from the secret key; latent vectors from the run seed), whose
+    states the checkpoints hold; the global RNGs are neither used nor changed.
     """
 
-    def __init__(self, data: Tensor, params: GanParams, device: torch.device) -> None:
+    def __init__(self, data: TrainingData, params: GanParams, device: torch.device, key: bytes) -> None:
         self.params = params
         self.device = device
-        self.data = data.to(device)
-        n, _, patch, _ = data.shape
-        self.sample_rate = min(1.0, params.batch_size / n)
-        self.expected_batch = self.sample_rate * n
+        self.data = data.x.to(device)
+        self.patient = data.patient
+        self.max_per_patient = data.max_per_patient()
+        n, _, patch, _ = data.x.shape
+        self.units = data.patients if params.unit == "patient" else n
+        expected_units = params.patient_batch if params.unit == "patient" else params.batch_size
+        self.sample_rate = min(1.0, expected_units / self.units)
+        self.group_size = params.patient_patches if params.unit == "patient" else 1
+        self.expected_batch = self.sample_rate * self.units * self.group_size
+        self.fake_batch = max(1, round(self.expected_batch))
         self.iterations_per_epoch = max(1, round(1 / self.sample_rate))
-        self.delta = params.delta if params.delta is not None else 1.0 / n
-        self.data_fingerprint = hashlib.sha256(data.cpu().numpy().tobytes()).hexdigest()
-        seeds = _seeds(params.seed)
+        self.delta = resolve_delta(params.delta, self.units, "--delta")
+        self.members = [torch.nonzero(self.patient == p).flatten() for p in range(data.patients)]
+        self.data_fingerprint = hashlib.sha256(data.x.cpu().numpy().tobytes()).hexdigest()
+        self.key_check = key_check(key, params)
+        seeds = {**_public_seeds(params.seed), **_secret_seeds(key, params)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds["init"])
             self.generator = Generator(patch, params.width_g, params.latent_dim).to(device)
@@ -197,22 +270,38 @@ class WganTrainer:
     # --- one step each -------------------------------------------------------------
 
     def poisson_batch(self) -> Tensor:
-        """Each training pair independently with probability q (the size varies, may be 0)."""
-        mask = torch.rand(self.data.shape[0], generator=self.rng["sampler"]) < self.sample_rate
-        return self.data[mask.to(self.device)]
+        """Each privacy unit independently with probability q (the size varies, may be 0).
+
+        Unit patient: each sampled patient's ``patient_patches`` pairs, drawn without replacement
+        (with replacement if it has fewer), consecutive in the batch.
+        """
+        mask = torch.rand(self.units, generator=self.rng["sampler"]) < self.sample_rate
+        if self.params.unit == "patch":
+            return self.data[mask.to(self.device)]
+        rows = [self._patient_rows(p) for p in torch.nonzero(mask).flatten().tolist()]
+        if not rows:
+            return self.data[:0]
+        return self.data[torch.cat(rows).to(self.device)]
+
+    def _patient_rows(self, patient: int) -> Tensor:
+        """``patient_patches`` row indices of one patient, drawn from the secret sampling stream."""
+        members, m = self.members[patient], self.params.patient_patches
+        if len(members) >= m:
+            pick = torch.randperm(len(members), generator=self.rng["sampler"])[:m]
+        else:
+            pick = torch.randint(len(members), (m,), generator=self.rng["sampler"])
+        return members[pick]
 
     def fakes(self) -> Tensor:
         """A batch of expected-batch size from the generator, detached."""
-        z = torch.randn(
-            self.params.batch_size, self.params.latent_dim, generator=self.rng["latent"], device=self.device
-        )
+        z = torch.randn(self.fake_batch, self.params.latent_dim, generator=self.rng["latent"], device=self.device)
         with torch.no_grad():
             return self.generator(z)
 
     def _privatised(self, batch: Tensor, sign: float) -> Tensor:
         """Add the gradient of sign * mean D(batch) (privatised if DP); return D(batch) detached."""
         if self.dp is not None:
-            return self.dp.accumulate(batch, lambda scores: sign * scores).outputs
+            return self.dp.accumulate(batch, lambda scores: sign * scores, self.group_size).outputs
         if batch.shape[0] == 0:
             return batch.new_zeros(0)
         scores = self.critic(batch)
@@ -248,9 +337,7 @@ class WganTrainer:
 
     def generator_step(self) -> float:
         """One generator update on -mean D(G(z)); returns that loss."""
-        z = torch.randn(
-            self.params.batch_size, self.params.latent_dim, generator=self.rng["latent"], device=self.device
-        )
+        z = torch.randn(self.fake_batch, self.params.latent_dim, generator=self.rng["latent"], device=self.device)
         self.opt_g.zero_grad(set_to_none=True)
         with frozen(self.critic):
             loss = -self.critic(self.generator(z)).mean()
@@ -289,6 +376,7 @@ class WganTrainer:
             "loss_g": _mean(losses_g),
             "wasserstein": wasserstein,
             **self.accountant.epsilons(self.delta),
+            "unit": self.params.unit,
             "seconds": time.perf_counter() - start,
         }
         self.rows.append(row)
@@ -311,6 +399,7 @@ class WganTrainer:
             "rows": self.rows,
             "params": asdict(self.params),
             "data": self.data_fingerprint,
+            "key_check": self.key_check,
             "generator_config": self.generator.config(),
         }
 
@@ -338,6 +427,8 @@ class WganTrainer:
             return changed
         if state.get("data") != self.data_fingerprint:
             return "other training data"
+        if state.get("key_check") != self.key_check:
+            return "made with another secret key"
         if state["epoch"] > self.params.epochs:
             return f"epoch {state['epoch']} is beyond the requested {self.params.epochs}"
         return None
@@ -448,6 +539,10 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
             "critic_steps": trainer.critic_steps,
             "sample_rate": trainer.sample_rate,
             "training_set_size": len(trainer.data),
+            "unit": trainer.params.unit,
+            "units": trainer.units,
+            "max_patches_per_patient": trainer.max_per_patient,
+            "patches_per_unit_step": trainer.group_size,
             "params": asdict(trainer.params),
         },
         path,
@@ -474,9 +569,10 @@ def resume(trainer: WganTrainer, ckpt_dir: Path, device: torch.device) -> None:
         path.unlink()
 
 
-def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
+def train_gan(train_set: Path, out_dir: Path, params: GanParams, secret: Path) -> None:
     """Train (or resume) a WGAN on ``train_set`` and write checkpoints, tables, plots, generator.pt.
 
+    The sampling and noise streams are keyed by the key file ``secret`` (created on first use).
     Resumes from the last ``out_dir/checkpoints/epoch_*.pt``; a run killed mid-epoch
     redoes that epoch.
     """
@@ -484,7 +580,7 @@ def train_gan(train_set: Path, out_dir: Path, params: GanParams) -> None:
     ckpt_dir = out_dir / "checkpoints"
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     device = default_device()
-    trainer = WganTrainer(load_training_set(train_set), params, device)
+    trainer = WganTrainer(load_training_set(train_set), params, device, load_key(secret))
     resume(trainer, ckpt_dir, device)
     paper = params.mode == "paper"
     write_epochs_table(trainer.rows, out_dir / "epochs.tsv", paper)

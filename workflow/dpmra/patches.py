@@ -125,13 +125,16 @@ def scale_to_unit_range(images: np.ndarray) -> np.ndarray:
 def training_set(patch_files: list[Path], out: Path, gallery: Path, gallery_size: int = 8) -> np.ndarray:
     """GAN training pairs (N, 2, P, P): channel 0 image in [-1, 1], channel 1 label in {-1, 1} (tanh range).
 
+    ``patient`` (N,) holds each pair's patient as its index in ``patch_files`` (for the patient privacy unit).
+
     Also writes a gallery of the first vessel-centred and random patches for the report.
     """
     parts = [load_patches(p) for p in patch_files]
     images = np.concatenate([scale_to_unit_range(p.image) for p in parts])
     labels = np.concatenate([p.label for p in parts]).astype(np.float32) * 2 - 1
     x = np.stack([images, labels], axis=1)
-    write_atomic(out, lambda tmp: np.savez(tmp, x=x))
+    patient = np.concatenate([np.full(len(p.image), k, dtype=np.int32) for k, p in enumerate(parts)])
+    write_atomic(out, lambda tmp: np.savez(tmp, x=x, patient=patient))
 
     kind = np.concatenate([p.kind for p in parts])
     half = gallery_size // 2

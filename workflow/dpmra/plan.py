@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 SIGNIFICANT_DIGITS = 4
@@ -37,29 +38,49 @@ def fresh_steps(epochs: int, sample_rate: float, n_critic: int) -> int:
     return epochs * n_critic * iterations_per_epoch(sample_rate)
 
 
-def sigma_for_epsilon(target: float, n_train: int, gan: dict) -> float:
+@dataclass(frozen=True)
+class Sampling:
+    """The privacy units of the GAN training set and their Poisson sampling, as the trainer computes them."""
+
+    units: int
+    """Number of privacy units N: training pairs (unit patch) or training patients (unit patient)."""
+    sample_rate: float
+    """q = expected units per batch / N."""
+    delta: float
+
+
+def sampling(gan: dict, privacy: dict, n_patients: int, per_patient: int) -> Sampling:
+    """The units, q and delta of the config's GAN runs; a delta above 1/N is refused naming `gan.delta`."""
+    # Imported here: the accountant loads torch and Opacus, which every Snakemake start (plan is read by
+    # common.smk) would otherwise pay, seconds per job on a cluster.
+    from dpmra.privacy import resolve_delta
+
+    patient_unit = privacy["unit"] == "patient"
+    units = n_patients if patient_unit else n_patients * per_patient
+    expected = privacy["patient_batch"] if patient_unit else gan["batch_size"]
+    return Sampling(units, min(1.0, expected / units), resolve_delta(gan["delta"], units, "gan.delta"))
+
+
+def sigma_for_epsilon(target: float, plan: Sampling, gan: dict) -> float:
     """The noise multiplier whose valid RDP bound after the configured epochs is at most `target`.
 
     fresh: n_critic charges at sigma per generator iteration; paper: the reused batch is one charge
     per generator iteration at sigma / sqrt(n_critic) (DESIGN.md, privacy accounting).
     """
-    # Imported here: the accountant loads torch and Opacus, which every Snakemake start (plan is read by
-    # common.smk) would otherwise pay, seconds per job on a cluster.
     from dpmra.privacy import solve_sigma
 
-    q = gan["batch_size"] / n_train
-    delta = gan["delta"] or 1 / n_train
+    q = plan.sample_rate
     if gan["mode"] == "fresh":
-        sigma = solve_sigma(target, q, fresh_steps(gan["epochs"], q, gan["n_critic"]), delta)
+        sigma = solve_sigma(target, q, fresh_steps(gan["epochs"], q, gan["n_critic"]), plan.delta)
     else:
-        sigma = solve_sigma(target, q, gan["epochs"] * iterations_per_epoch(q), delta) * math.sqrt(gan["n_critic"])
+        sigma = solve_sigma(target, q, gan["epochs"] * iterations_per_epoch(q), plan.delta) * math.sqrt(gan["n_critic"])
     return round_up(sigma)
 
 
-def gan_sigmas(gan: dict, n_train: int) -> list[str]:
+def gan_sigmas(gan: dict, plan: Sampling) -> list[str]:
     """Sigma labels of every GAN run: the configured sigmas, then those solved for target epsilons."""
     sigmas = [parse_sigma(s) for s in gan["sigmas"]]
-    sigmas += [sigma_for_epsilon(float(e), n_train, gan) for e in gan["epsilons"]]
+    sigmas += [sigma_for_epsilon(float(e), plan, gan) for e in gan["epsilons"]]
     return list(dict.fromkeys(sigma_label(s) for s in sigmas))
 
 

@@ -31,18 +31,28 @@ from dpmra.features import (
 from dpmra.generator import build_generator, sample_pairs
 from dpmra.intensity import load_images, rescale_patches
 from dpmra.pictures import save_patch_gallery
+from dpmra.privacy import delta_warning, group_privacy
 
 log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 8
 CHECKPOINT_CHOICES = ("last", "val_fd")
 STEWARD_NOTES = [
-    "epsilon and delta bound what anyone holding this dataset (or the generator) can learn about any one "
-    "training patch; a patient contributes many patches, so the bound per patient is weaker (group privacy).",
+    "guarantee.statement says in words what epsilon and delta bound: per privacy unit (privacy_unit) and, "
+    "for the patch unit, per patient by group privacy over the most patches one patient contributed.",
     "epsilon.rdp is the bound the project reports; epsilon.prv is a tighter numerical estimate of the same "
-    "mechanism. Both hold only if the training seed and the training checkpoints stay private.",
+    "mechanism. Both hold only while everything under secret.keep_private stays private.",
     "sigma = inf means no privacy: the dataset may reproduce training patches; read the audit before sharing.",
 ]
+SECRET = {
+    "secret_streams": ["Poisson sampling of the training batches", "Gaussian noise of DP-SGD"],
+    "public_streams": ["initial weights", "latent vectors of training and of this release"],
+    "keep_private": [
+        "the secret key file (config privacy.secret): it seeds the secret streams",
+        "the GAN run's checkpoints/ directory: it holds the secret streams' states",
+        "the training data and everything derived from them outside this release",
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,10 @@ class ReleaseParams:
 def load_release(generator_path: Path) -> dict:
     """The stored generator.pt, checked for the fields a privacy card needs."""
     stored = checkpoint.load(generator_path)
-    needed = {"state_dict", "config", "epsilon", "delta", "epochs", "critic_steps", "sample_rate", "params"}
+    needed = {
+        "state_dict", "config", "epsilon", "delta", "epochs", "critic_steps", "sample_rate", "params",
+        "training_set_size", "unit", "units", "max_patches_per_patient",
+    }
     missing = sorted(needed - set(stored))
     if missing:
         raise ValueError(f"{generator_path}: not a complete generator file, missing {missing} (retrain the GAN)")
@@ -178,21 +191,81 @@ def checkpoint_description(stored: dict, scores: list[dict]) -> dict:
     }
 
 
+def _bound(epsilon: float, delta: float) -> dict:
+    """An (epsilon, delta) pair as JSON: 'inf' without privacy, 'vacuous' where delta reaches 1."""
+    if math.isinf(epsilon) and delta < 1:
+        return {"epsilon": "inf", "delta": delta}
+    if delta >= 1:
+        return {"epsilon": "vacuous", "delta": "vacuous"}
+    return {"epsilon": epsilon, "delta": delta}
+
+
+def guarantee(stored: dict) -> dict:
+    """The guarantee per patch and per patient, with a statement in plain words."""
+    eps, delta, unit = stored["epsilon"]["epsilon_rdp"], stored["delta"], stored["unit"]
+    k = stored["max_patches_per_patient"]
+    if math.isinf(eps):
+        statement = (
+            "NOT PRIVATE: the generator was trained without differential privacy (sigma = inf); the data may "
+            "reproduce training patches and must not be shared as private data."
+        )
+        return {"unit": unit, "per_patch": _bound(eps, delta), "per_patient": _bound(eps, delta), "statement": statement}
+    shown = f"(epsilon = {eps:.3g}, delta = {delta:.2g})"
+    if unit == "patient":
+        statement = (
+            f"{shown}-differential privacy per training patient: whatever anyone learns from this dataset "
+            "would be almost as likely had any one patient, with all of their patches, been left out."
+        )
+        return {"unit": unit, "per_patch": _bound(eps, delta), "per_patient": _bound(eps, delta), "statement": statement}
+    group_eps, group_delta = group_privacy(eps, delta, k)
+    per_patient = {**_bound(group_eps, group_delta), "group_size": k, "rule": "(k eps, k e^((k-1) eps) delta)"}
+    statement = f"{shown}-differential privacy per training patch (one image-label pair). "
+    if per_patient["delta"] == "vacuous":
+        statement += (
+            f"One patient contributed up to {k} patches, and group privacy over {k} patches gives no meaningful "
+            "bound: there is no formal guarantee for a patient as a whole (train with privacy unit 'patient' for one)."
+        )
+    else:
+        statement += f"Per patient (up to {k} patches, group privacy): epsilon = {group_eps:.3g}, delta = {group_delta:.2g}."
+    return {"unit": unit, "per_patch": _bound(eps, delta), "per_patient": per_patient, "statement": statement}
+
+
+def card_warnings(stored: dict) -> list[str]:
+    """What a steward must read before sharing: no privacy, the paper's delta, the paper's loop."""
+    warnings = []
+    if math.isinf(stored["epsilon"]["epsilon_rdp"]):
+        warnings.append("trained without differential privacy (sigma = inf)")
+    paper_delta = delta_warning(stored["delta"], stored["units"])
+    if paper_delta:
+        warnings.append(paper_delta)
+    if stored["params"]["mode"] == "paper":
+        warnings.append("the published loop: its own epsilon (epsilon.rdp_paper) is not a valid bound")
+    return warnings
+
+
 def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str, scores: list[dict]) -> dict:
-    """What a data steward needs to decide on sharing: the mechanism, its accounting, and the release."""
+    """What a data steward needs to decide on sharing: the mechanism, its accounting, and the release.
+
+    The run seed is not on the card: it seeds public streams only, and the card names no secret.
+    """
     params = stored["params"]
     config = {"gan": params, "release": asdict(release)}
     return {
         "dataset": dataset_name,
         "sigma": _json_sigma(params["sigma"]),
-        "seed": params["seed"],
         "mode": params["mode"],
+        "privacy_unit": stored["unit"],
         "epsilon": {name.removeprefix("epsilon_"): _json_epsilon(v) for name, v in stored["epsilon"].items()},
         "delta": stored["delta"],
+        "guarantee": guarantee(stored),
+        "warnings": card_warnings(stored),
+        "secret": SECRET,
         "accountants": "rdp: Renyi DP of the Poisson-subsampled Gaussian (the paper's orders); "
         "prv: privacy random variables (Opacus), a tighter estimate",
         "sample_rate": stored["sample_rate"],
-        "training_set_size": stored.get("training_set_size"),
+        "training_set_size": stored["training_set_size"],
+        "privacy_units": stored["units"],
+        "max_patches_per_patient": stored["max_patches_per_patient"],
         "batch_size": params["batch_size"],
         "critic_steps": stored["critic_steps"],
         "epochs": stored["epochs"],

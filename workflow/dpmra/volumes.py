@@ -22,8 +22,8 @@ NORMALISATION_PERCENTILES = (0.5, 99.5)
 NORMALISATION_RANGE = (0.0, 255.0)
 MASK_METHOD = (
     "derived: Otsu threshold of the image smoothed with a Gaussian (sigma 1 voxel), "
-    "binary closing (3 iterations, edge-padded), holes filled, largest connected component, "
-    "union with the vessel label"
+    "binary closing (3 iterations, edge-padded), holes filled, largest connected component; "
+    "the vessel label is not read"
 )
 
 
@@ -88,8 +88,8 @@ def binary_values(data: np.ndarray, path: Path, what: str) -> np.ndarray:
     return binary
 
 
-def derive_brain_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Brain mask from the image alone, by the rule in MASK_METHOD (used when none is given)."""
+def derive_brain_mask(image: np.ndarray) -> np.ndarray:
+    """Brain mask from the image alone, by the rule in MASK_METHOD: the label must not shape the scored region."""
     smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=1.0)
     mask = smooth > threshold_otsu(smooth)
     # Edge padding keeps the closing from eroding a brain that touches the slab's borders.
@@ -101,7 +101,7 @@ def derive_brain_mask(image: np.ndarray, label: np.ndarray) -> np.ndarray:
         sizes = np.bincount(components.ravel())
         sizes[0] = 0
         mask = components == sizes.argmax()
-    return (mask | (label > 0)).astype(np.uint8)
+    return mask.astype(np.uint8)
 
 
 def read_subject(image_path: Path, label_path: Path, mask_path: Path | None) -> tuple[Subject, dict]:
@@ -129,8 +129,10 @@ def read_subject(image_path: Path, label_path: Path, mask_path: Path | None) -> 
         mask = binary_values(np.asarray(nib.as_closest_canonical(mask_img).dataobj), mask_path, "brain mask")
         mask_method = f"given: {mask_path}"
     else:
-        mask = derive_brain_mask(image, label)
+        mask = derive_brain_mask(image)
         mask_method = MASK_METHOD
+        if not mask.any():
+            raise VolumeError(f"{image_path}: the brain mask derived from the image is empty; give a brain mask")
     outside = int((label & (1 - mask)).sum())
     provenance = {
         "image": str(image_path),

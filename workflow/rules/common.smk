@@ -4,9 +4,14 @@ import pandas as pd
 from snakemake.utils import validate
 
 from dpmra.manifest import check_manifest, phantom_table, read_manifest
-from dpmra.plan import gan_sigmas, unet_settings
+from dpmra.plan import gan_sigmas, sampling, unet_settings
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+# A run asking for the paper's FID stops here, before any job, when pytorch-fid or its weights are missing.
+if config["quality"]["backbone"] == "inception-v3":
+    from dpmra.backbones import require_backbone
+
+    require_backbone(config["quality"]["backbone"], config["quality"]["weights"])
 
 
 def load_patients() -> pd.DataFrame:
@@ -29,8 +34,10 @@ def patients_in(*splits: str) -> list[str]:
 
 PATCHES = config["patches"]
 GAN = config["gan"]
+PRIVACY = config["privacy"]
 N_TRAIN = len(patients_in("train")) * PATCHES["per_patient"]
-SIGMAS = gan_sigmas(GAN, N_TRAIN)
+SAMPLING = sampling(GAN, PRIVACY, len(patients_in("train")), PATCHES["per_patient"])
+SIGMAS = gan_sigmas(GAN, SAMPLING)
 SYNTH = config["synth"]
 N_SYNTH = SYNTH["n"] or N_TRAIN
 GAN_SOURCES = expand("sigma~{sigma}/seed~{seed}", sigma=SIGMAS, seed=GAN["seeds"])
@@ -84,7 +91,7 @@ def phantom_shape_argument(wildcards) -> str:
 
 
 def delta_argument(wildcards) -> str:
-    """`--delta D` where the config sets delta; none lets training use 1 / N."""
+    """`--delta D` where the config sets delta (a number or 1/N); none lets training use 1 / (10 N) rounded down."""
     return f"--delta {GAN['delta']}" if GAN["delta"] else ""
 
 
