@@ -14,6 +14,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/gan.smk"
 include: "workflow/rules/synth.smk"
+include: "workflow/rules/release.smk"
 include: "workflow/rules/quality.smk"
 include: "workflow/rules/audit.smk"
 include: "workflow/rules/unet.smk"
@@ -25,3 +26,10 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Not a default target: `snakemake --profile profiles/local release` after the main run writes every GAN run's
+# shareable bundle (results/release/sigma~{sigma}/seed~{seed}/ and its .zip).
+rule release:
+    input:
+        gan_runs("results/release/sigma~{sigma}/seed~{seed}.zip"),

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, save, snakemake, toy_subject
+from conftest import ENV, ROOT, save, snakemake, toy_subject
 
 from dpmra.gan import sample_generator
 from dpmra.privacy import epsilon
@@ -34,13 +34,13 @@ def test_dry_run_default_config(tmp_path):
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
     assert counts == {
-        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "gan": 3, "synth": 3, "quality": 3, "audit": 3, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
+        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "secret_key": 1, "gan": 3, "synth": 3, "quality": 3, "audit": 3, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
         "unet": 8, "predict": 24, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
         "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
         "fig7_segmentation": 1, "fig8_ssim": 1, "fig9_tsne": 1, "privacy_utility_figure": 1, "audit_figure": 1,
         "gan_curves_figure": 1, "table1_html": 1, "summary_html": 1, "quality_html": 1, "audit_html": 1,
     }
-    assert {"sigma~inf/seed~0", "sigma~0.9351/seed~0", "sigma~2.598/seed~0"} <= {
+    assert {"sigma~inf/seed~0", "sigma~1.003/seed~0", "sigma~3.028/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
     }
 
@@ -52,6 +52,23 @@ def test_bad_config_is_rejected_at_start(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", "bad.yaml")
     assert result.returncode != 0
     assert "4 is less than the minimum of 8" in result.stdout
+
+
+def test_fid_without_inception_weights_stops_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.setitem(ENV, "TORCH_HOME", str(tmp_path / "torch"))
+    config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    config["quality"]["backbone"] = "inception-v3"
+    (tmp_path / "fid.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", "--configfile", "fid.yaml")
+    assert result.returncode != 0
+    assert "quality.backbone is inception-v3 (the paper's FID) but it cannot run" in result.stdout
+    assert "pt_inception-2015-12-05-6726825d.pth" in result.stdout
+    assert f"{tmp_path / 'torch' / 'hub' / 'checkpoints'}" in result.stdout
+    assert "Job stats" not in result.stdout and not (tmp_path / "results").exists()
+
+
+def test_paper_config_asks_for_fid():
+    assert yaml.safe_load((ROOT / "config/paper.yaml").read_text())["quality"]["backbone"] == "inception-v3"
 
 
 def write_manifest(tmp_path: Path, label_values: dict[str, np.ndarray] | None = None) -> Path:
@@ -132,12 +149,14 @@ def test_tiny_run_patches_and_training_set(tiny_run):
 @pytest.mark.workflow
 def test_tiny_run_gans(tiny_run):
     n, q, steps = 120, 32 / 120, 2 * 5 * 4
-    for sigma, expected in (("inf", math.inf), ("1", epsilon(1.0, q, steps, 1 / n))):
+    delta = 8e-4  # 1 / (10 * 120) = 8.3e-4, rounded down
+    for sigma, expected in (("inf", math.inf), ("1", epsilon(1.0, q, steps, delta))):
         run = tiny_run / f"gan/sigma~{sigma}/seed~0"
         table = pd.read_csv(run / "epochs.tsv", sep="\t")
-        assert table.columns[:8].tolist() == [
-            "epoch", "critic_steps", "loss_d", "loss_g", "wasserstein", "epsilon_rdp", "epsilon_prv", "seconds"
+        assert table.columns[:9].tolist() == [
+            "epoch", "critic_steps", "loss_d", "loss_g", "wasserstein", "epsilon_rdp", "epsilon_prv", "unit", "seconds"
         ]
+        assert (table["unit"] == "patch").all()
         assert table["epoch"].tolist() == [1, 2] and table["critic_steps"].tolist() == [steps // 2, steps]
         assert table["epsilon_rdp"].iloc[-1] == pytest.approx(expected)
         assert table["epsilon_prv"].iloc[-1] <= table["epsilon_rdp"].iloc[-1]
@@ -160,6 +179,9 @@ def test_tiny_run_releases(tiny_run):
             assert card["sigma"] == "inf" and card["epsilon"] == {"rdp": "inf", "prv": "inf"}
         else:
             assert card["epsilon"]["rdp"] == pytest.approx(last["epsilon_rdp"])
+            assert card["delta"] == 8e-4 < 1 / 120 and card["warnings"] == []
+            assert card["guarantee"]["per_patient"]["group_size"] == 40
+        assert "seed" not in card and card["privacy_unit"] == "patch"
         with np.load(release / "dataset.npz") as npz:
             assert npz["image"].shape == npz["label"].shape == (120, 16, 16)
         assert nib.load(release / "labels.nii.gz").shape == (16, 16, 120)
@@ -224,6 +246,51 @@ def test_tiny_run_is_complete(tiny_run):
 
 
 @pytest.mark.workflow
+def test_tiny_run_keeps_the_secret_key_out_of_every_output(tiny_run):
+    """The key exists once, private; no output outside results/private holds its bytes or hex."""
+    key_path = tiny_run / "private" / "secret.key"
+    key = key_path.read_bytes()
+    assert len(key) == 32 and key_path.stat().st_mode & 0o077 == 0
+    files = [p for p in tiny_run.rglob("*") if p.is_file() and "private" not in p.parts and "checkpoints" not in p.parts]
+    assert len(files) > 50
+    for path in files:
+        content = path.read_bytes()
+        assert key not in content and key.hex().encode() not in content, path
+
+
+@pytest.mark.workflow
+def test_tiny_run_release_bundles_hold_no_private_data(tiny_run):
+    """`snakemake release` after the main run: every bundle matches its manifest, its zip rebuilds byte for byte,
+    and neither holds a real patch (any patient's), a patient id, the secret key or fd_train."""
+    from test_release import check_manifest
+
+    from dpmra.bundle import find_leaks
+
+    config = ["--configfile", str(ROOT / "config/test.yaml")]
+    result = snakemake(tiny_run.parent, "release", *config)
+    assert result.returncode == 0, result.stdout[-3000:]
+    patients = sorted(p.stem for p in (tiny_run / "patches").glob("*.npz") if p.stem != "train_set")
+    assert len(patients) == 6
+    patches = [np.load(tiny_run / f"patches/{p}.npz")["image"] for p in patients]
+    secret = (tiny_run / "private" / "secret.key").read_bytes()
+    sources = ["sigma~inf/seed~0", "sigma~1/seed~0"]
+    zips = {s: (tiny_run / "release" / f"{s}.zip").read_bytes() for s in sources}
+    for source in sources:
+        folder, archive = tiny_run / "release" / source, tiny_run / "release" / f"{source}.zip"
+        check_manifest(folder, archive)
+        assert find_leaks(folder, patches, patients, [secret]) == []
+        assert find_leaks(archive, patches, patients, [secret]) == []
+        card = (tiny_run / "synth" / source / "privacy_card.json").read_bytes()
+        assert (folder / "privacy_card.json").read_bytes() == card
+        quality = (folder / "quality.json").read_text()
+        assert "fd_train" not in quality and "fd_gap" not in quality
+        assert ("NOT PRIVATE" in (folder / "README.md").read_text()) == source.startswith("sigma~inf")
+    result = snakemake(tiny_run.parent, "release", "--forcerun", "release_bundle", *config)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert {s: (tiny_run / "release" / f"{s}.zip").read_bytes() for s in sources} == zips
+
+
+@pytest.mark.workflow
 def test_rerun_resumes_gan_from_checkpoints_snakemake_kept(tiny_run, tmp_path):
     """A GAN job Snakemake reruns (here: forced, with more epochs) continues from its checkpoints."""
     run = tiny_run / "gan/sigma~1/seed~0"
@@ -237,4 +304,4 @@ def test_rerun_resumes_gan_from_checkpoints_snakemake_kept(tiny_run, tmp_path):
     assert "resuming from" in log and "epoch_002.pt (epoch 2)" in log
     table = pd.read_csv(run / "epochs.tsv", sep="\t")
     assert table["epoch"].tolist() == [1, 2, 3] and table["critic_steps"].tolist() == [20, 40, 60]
-    assert table["epsilon_rdp"].iloc[-1] == pytest.approx(epsilon(1.0, 32 / 120, 60, 1 / 120))
+    assert table["epsilon_rdp"].iloc[-1] == pytest.approx(epsilon(1.0, 32 / 120, 60, 8e-4))

@@ -46,11 +46,11 @@ def cmd_training_set(args: argparse.Namespace) -> None:
 
 
 def cmd_epsilon(args: argparse.Namespace) -> None:
-    """Print epsilon for a planned sigma, or the sigma that meets a planned epsilon."""
+    """Print epsilon for a planned sigma, or the sigma that meets a planned epsilon, per patch or per patient."""
     import json
 
     from dpmra.plan import fresh_steps
-    from dpmra.privacy import epsilon, solve_sigma
+    from dpmra.privacy import epsilon, group_privacy, solve_sigma
 
     steps = args.steps if args.steps is not None else fresh_steps(args.epochs, args.sample_rate, args.n_critic)
     sigma = args.sigma
@@ -61,18 +61,26 @@ def cmd_epsilon(args: argparse.Namespace) -> None:
         "epsilon": eps,
         "target_epsilon": args.epsilon,
         "accountant": args.accountant,
+        "unit": args.unit,
         "sigma": sigma,
         "sample_rate": args.sample_rate,
         "steps": steps,
         "delta": args.delta,
     }
+    if args.unit == "patch" and args.patches_per_patient:
+        group_eps, group_delta = group_privacy(eps, args.delta, args.patches_per_patient)
+        result["patient"] = {"group_size": args.patches_per_patient, "epsilon": group_eps, "delta": group_delta}
     if args.json:
         print(json.dumps(result))
-    else:
-        print(
-            f"epsilon {eps:.4g} at delta {args.delta:.3g} ({args.accountant}) for sigma {sigma:.4g}, "
-            f"sample rate {args.sample_rate:.4g}, {steps} steps"
-        )
+        return
+    print(
+        f"epsilon {eps:.4g} at delta {args.delta:.3g} ({args.accountant}) per {args.unit} for sigma {sigma:.4g}, "
+        f"sample rate {args.sample_rate:.4g}, {steps} steps"
+    )
+    if "patient" in result:
+        patient = result["patient"]
+        shown = "vacuous (delta >= 1)" if patient["delta"] >= 1 else f"{patient['epsilon']:.4g} at delta {patient['delta']:.3g}"
+        print(f"per patient of {args.patches_per_patient} patches (group privacy): {shown}")
 
 
 def set_torch_threads(threads: int) -> None:
@@ -87,6 +95,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     from dpmra.gan import GanParams, train_gan
 
     set_torch_threads(args.threads)
+    delta = args.delta if args.delta in (None, "1/N") else float(args.delta)
     params = GanParams(
         sigma=args.sigma,
         epochs=args.epochs,
@@ -100,9 +109,22 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         latent_dim=args.latent_dim,
         mode=args.mode,
         seed=args.seed,
-        delta=args.delta,
+        delta=delta,
+        unit=args.unit,
+        patient_batch=args.patient_batch,
+        patient_patches=args.patient_patches,
     )
-    train_gan(args.train_set, args.out, params)
+    train_gan(args.train_set, args.out, params, args.secret)
+
+
+def cmd_secret_key(args: argparse.Namespace) -> None:
+    """Create the secret key file once; never print it."""
+    from dpmra.secret import create_key, read_key
+
+    created = create_key(args.out)
+    read_key(args.out)
+    log.info("%s secret key %s (keep it private; losing it only stops runs from being replayed)",
+             "created" if created else "kept the existing", args.out)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -225,6 +247,13 @@ def cmd_audit_table(args: argparse.Namespace) -> None:
     from dpmra.audit import write_audit_table
 
     write_audit_table(args.audit, args.cards, args.out)
+
+
+def cmd_release(args: argparse.Namespace) -> None:
+    """Write the shareable bundle (folder and zip) of one synthetic dataset."""
+    from dpmra.bundle import build_bundle
+
+    build_bundle(args.synth, args.quality, args.summary, args.selection, args.out, args.zip)
 
 
 def cmd_privacy_table(args: argparse.Namespace) -> None:
@@ -390,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-critic", type=int, default=5, help="critic updates per generator iteration (with --epochs)")
     p.add_argument("--delta", type=float, required=True)
     p.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+    p.add_argument(
+        "--unit", choices=("patch", "patient"), default="patch",
+        help="privacy unit the sample rate refers to: patches (q = batch / pairs) or patients (q = patients per "
+        "batch / patients)",
+    )
+    p.add_argument(
+        "--patches-per-patient", type=int,
+        help="with --unit patch: also print the per-patient guarantee by group privacy over this many patches",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_epsilon)
 
@@ -406,10 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=96, help="generator and critic filters")
     p.add_argument("--latent-dim", type=int, default=128)
     p.add_argument("--mode", choices=("fresh", "paper"), default="fresh")
-    p.add_argument("--delta", type=float, help="default: 1 / N")
+    p.add_argument("--delta", help="a number <= 1/N, or 1/N (the paper's); default: 1/(10 N) rounded down")
+    p.add_argument("--unit", choices=("patch", "patient"), default="patch", help="privacy unit")
+    p.add_argument("--patient-batch", type=float, default=2.0, help="expected patients per batch (unit patient)")
+    p.add_argument(
+        "--patient-patches", type=int, default=16, help="pairs per sampled patient per critic update (unit patient)"
+    )
+    p.add_argument(
+        "--secret", type=Path, default=Path("results/private/secret.key"),
+        help="key file seeding the DP sampling and noise; created on first use (keep it private)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_gan)
+
+    p = sub.add_parser("secret-key", help="create the secret key file for the DP randomness (if it does not exist)")
+    p.add_argument("--out", type=Path, required=True, help="key file (32 random bytes, mode 0600)")
+    p.set_defaults(func=cmd_secret_key)
 
     p = sub.add_parser("synth", help="release a synthetic dataset and its privacy card from one generator.pt")
     p.add_argument("--generator", type=Path, required=True, help="generator.pt written by train-gan")
@@ -535,6 +586,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cards", type=Path, nargs="+", required=True, help="privacy cards, in the same order")
     p.add_argument("--out", type=Path, required=True, help="output TSV")
     p.set_defaults(func=cmd_audit_table)
+
+    p = sub.add_parser("release", help="the shareable bundle of one synthetic dataset: files, README, checksums, zip")
+    p.add_argument("--synth", type=Path, required=True, help="the run's results/synth folder (dataset, stacks, card)")
+    p.add_argument("--quality", type=Path, required=True, help="the run's quality.json (only held-out numbers kept)")
+    p.add_argument("--summary", type=Path, required=True, help="results/tables/summary.tsv")
+    p.add_argument("--selection", type=Path, required=True, help="results/tables/selection.tsv")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder (empty or holding only bundle files)")
+    p.add_argument("--zip", type=Path, required=True, help="output zip of the bundle folder")
+    p.set_defaults(func=cmd_release)
     return parser
 
 

@@ -34,8 +34,8 @@ rule prepare:
         mip=report(
             "results/data/{patient}/mip.png",
             caption="../report/mip.rst",
-            category="Data",
-            subcategory="Patients",
+            category="Contains patient data",
+            subcategory="Data: patients",
             labels={"patient": "{patient}"},
         ),
     log:

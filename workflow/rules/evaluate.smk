@@ -34,8 +34,8 @@ rule tables:
         table1=report(
             "results/tables/table1.tsv",
             caption="../report/table1.rst",
-            category="Segmentation",
-            subcategory="Tables",
+            category="Contains patient data",
+            subcategory="Segmentation: tables",
         ),
     log:
         "results/logs/tables.log",

@@ -32,8 +32,8 @@ rule fig2_samples:
         png=report(
             "results/figures/fig2_samples.png",
             caption="../report/fig2_samples.rst",
-            category="Synthetic data",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 2: generated pairs per epsilon"},
         ),
         pdf="results/figures/fig2_samples.pdf",
@@ -60,8 +60,8 @@ rule fig3_test_utility:
         png=report(
             "results/figures/fig3_test_utility.png",
             caption="../report/fig3_test_utility.rst",
-            category="Segmentation",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Segmentation: figures",
             labels={"figure": "Fig. 3: test DSC and bAHD against epsilon"},
         ),
         pdf="results/figures/fig3_test_utility.pdf",
@@ -91,8 +91,8 @@ rule fig4_error_maps:
         png=report(
             "results/figures/fig4_error_maps.png",
             caption="../report/fig4_error_maps.rst",
-            category="Segmentation",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Segmentation: figures",
             labels={"figure": "Fig. 4: error maps of one test patient"},
         ),
         pdf="results/figures/fig4_error_maps.pdf",
@@ -121,8 +121,8 @@ rule fig5_external_utility:
         png=report(
             "results/figures/fig5_external_utility.png",
             caption="../report/fig5_external_utility.rst",
-            category="Segmentation",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Segmentation: figures",
             labels={"figure": "Fig. 5: external DSC and bAHD against epsilon"},
         ),
         pdf="results/figures/fig5_external_utility.pdf",
@@ -149,8 +149,8 @@ rule fig6_fid:
         png=report(
             "results/figures/fig6_fid.png",
             caption="../report/fig6_fid.rst",
-            category="Synthetic data",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 6: Fréchet distance to train and test"},
         ),
         pdf="results/figures/fig6_fid.pdf",
@@ -184,8 +184,8 @@ rule fig7_segmentation:
         png=report(
             "results/figures/fig7_segmentation.png",
             caption="../report/fig7_segmentation.rst",
-            category="Segmentation",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Segmentation: figures",
             labels={"figure": "Fig. 7: segmentation against ground truth"},
         ),
         pdf="results/figures/fig7_segmentation.pdf",
@@ -213,8 +213,8 @@ rule fig8_ssim:
         png=report(
             "results/figures/fig8_ssim.png",
             caption="../report/fig8_ssim.rst",
-            category="Synthetic data",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 8: SSIM diversity against epsilon"},
         ),
         pdf="results/figures/fig8_ssim.pdf",
@@ -239,8 +239,8 @@ rule fig9_tsne:
         png=report(
             "results/figures/fig9_tsne.png",
             caption="../report/fig9_tsne.rst",
-            category="Synthetic data",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 9: t-SNE embedding"},
         ),
         pdf="results/figures/fig9_tsne.pdf",
@@ -294,8 +294,8 @@ rule audit_figure:
         png=report(
             "results/figures/audit.png",
             caption="../report/fig_audit.rst",
-            category="Privacy",
-            subcategory="Figures",
+            category="Contains patient data",
+            subcategory="Privacy: figures",
             labels={"figure": "privacy audit against epsilon"},
         ),
         pdf="results/figures/audit.pdf",
@@ -317,8 +317,8 @@ rule gan_curves_figure:
         png=report(
             "results/figures/gan_curves.png",
             caption="../report/fig_gan_curves.rst",
-            category="GAN",
-            subcategory="All runs",
+            category="Contains patient data",
+            subcategory="GAN: all runs",
             labels={"figure": "training curves of every run"},
         ),
         pdf="results/figures/gan_curves.pdf",
@@ -345,8 +345,8 @@ rule table1_html:
         report(
             "results/tables/table1.html",
             caption="../report/table1_html.rst",
-            category="Segmentation",
-            subcategory="Tables",
+            category="Contains patient data",
+            subcategory="Segmentation: tables",
         ),
     log:
         "results/logs/figures/table1_html.log",
@@ -370,8 +370,8 @@ rule summary_html:
         report(
             "results/tables/summary.html",
             caption="../report/table_summary.rst",
-            category="Segmentation",
-            subcategory="Tables",
+            category="Contains patient data",
+            subcategory="Segmentation: tables",
         ),
     log:
         "results/logs/figures/summary_html.log",
@@ -395,8 +395,8 @@ rule quality_html:
         report(
             "results/tables/quality.html",
             caption="../report/table_quality.rst",
-            category="Synthetic data",
-            subcategory="Tables",
+            category="Contains patient data",
+            subcategory="Synthetic data: tables",
             labels={"table": "quality per synthetic dataset"},
         ),
     log:
@@ -421,8 +421,8 @@ rule audit_html:
         report(
             "results/tables/audit.html",
             caption="../report/table_audit.rst",
-            category="Privacy",
-            subcategory="Tables",
+            category="Contains patient data",
+            subcategory="Privacy: tables",
             labels={"table": "privacy audit per synthetic dataset"},
         ),
     log:

@@ -32,8 +32,8 @@ rule training_set:
         gallery=report(
             "results/patches/gallery.png",
             caption="../report/gallery.rst",
-            category="Data",
-            subcategory="Patches",
+            category="Contains patient data",
+            subcategory="Data: patches",
         ),
     log:
         "results/logs/training_set.log",

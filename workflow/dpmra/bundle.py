@@ -1,0 +1,474 @@
+"""Release bundle: what a data steward may hand over for one synthetic dataset, as a folder and a deterministic zip.
+
+A bundle holds the samples of the DP generator (dataset, NIfTI stacks, gallery; covered by epsilon by
+post-processing), its privacy card copied byte for byte, aggregate quality numbers that read no training
+patient (statistics of the synthetic set, and aggregates over held-out patients, labelled as not covered by
+epsilon), a README for the recipient and a checksum manifest. Statistics of the training patches computed
+outside the DP mechanism (fd_train, fd_gap) and anything per patient stay out.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import logging
+import math
+import shutil
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dpmra.atomic import write_atomic, write_json
+
+log = logging.getLogger(__name__)
+
+SYNTH_FILES = ("dataset.npz", "images.nii.gz", "labels.nii.gz", "gallery.png", "privacy_card.json")
+MANIFEST = "MANIFEST.tsv"
+BUNDLE_FILES = (*SYNTH_FILES, "quality.json", "README.md", MANIFEST)
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+ZIP_MODE = 0o100644 << 16
+STORED_SUFFIXES = (".npz", ".gz", ".png")
+HELD_OUT_SPLITS = ("test", "external")
+HELD_OUT_NOTE = "computed on held-out patients, not covered by epsilon"
+SYNTHETIC_NOTE = "computed from the synthetic dataset alone, covered by epsilon as post-processing"
+CHUNK = 1 << 20
+MIN_DISTINCT_VALUES = 16
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, with a ValueError naming the file if it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def epsilon_value(value: object, path: Path) -> float:
+    """A card's epsilon as a float ('inf' for no privacy); a ValueError naming the card otherwise."""
+    if value == "inf":
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{path}: epsilon.rdp must be a non-negative number or 'inf', got {value!r}")
+    return float(value)
+
+
+def card_facts(path: Path) -> dict:
+    """From a privacy card only what the bundle states: dataset, epsilon (RDP, PRV), delta, guarantee statement."""
+    card = read_json(path)
+    epsilon = card.get("epsilon")
+    if not isinstance(epsilon, dict) or "rdp" not in epsilon:
+        raise ValueError(f"{path}: privacy card has no epsilon.rdp")
+    delta = card.get("delta")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 1:
+        raise ValueError(f"{path}: privacy card needs a delta in [0, 1), got {delta!r}")
+    if not isinstance(card.get("dataset"), str) or not card["dataset"]:
+        raise ValueError(f"{path}: privacy card has no dataset name")
+    guarantee = card.get("guarantee")
+    statement = guarantee.get("statement") if isinstance(guarantee, dict) else None
+    return {
+        "dataset": card["dataset"],
+        "epsilon": epsilon_value(epsilon["rdp"], path),
+        "epsilon_prv": epsilon_value(epsilon["prv"], path) if "prv" in epsilon else None,
+        "delta": float(delta),
+        "statement": statement if isinstance(statement, str) and statement else None,
+    }
+
+
+def finite_or_none(value: float) -> float | None:
+    """A float for JSON: None where it is NaN or infinite (JSON has neither)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def dataset_facts(path: Path) -> dict:
+    """Size, scale and vessel share of the synthetic dataset, checked to be (n, P, P) image-label pairs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            image, label = data["image"], data["label"]
+    except (OSError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a dataset with arrays image and label ({err})") from err
+    if image.ndim != 3 or image.shape != label.shape or image.shape[1] != image.shape[2] or not len(image):
+        raise ValueError(f"{path}: image {image.shape} and label {label.shape} are not matching (n, P, P) stacks")
+    return {
+        "n_pairs": int(image.shape[0]),
+        "patch_size": int(image.shape[1]),
+        "image_dtype": str(image.dtype),
+        "image_min": float(image.min()),
+        "image_max": float(image.max()),
+        "image_mean": float(image.mean(dtype=np.float64)),
+        "image_sd": float(image.std(dtype=np.float64)),
+        "label_dtype": str(label.dtype),
+        "vessel_share": float((label > 0).mean(dtype=np.float64)),
+    }
+
+
+def held_out_quality(path: Path) -> dict:
+    """From `dpmra quality` output only what reads no training patient: SSIM diversity and fd_test."""
+    quality = read_json(path)
+    missing = [k for k in ("fd_test", "fd_backbone", "n_fd", "ssim_mean", "n_ssim") if k not in quality]
+    if missing:
+        raise ValueError(f"{path}: quality JSON lacks {', '.join(missing)}")
+    n = int(quality["n_fd"])
+    return {
+        "ssim": {
+            "note": SYNTHETIC_NOTE,
+            "ssim_mean": finite_or_none(quality["ssim_mean"]),
+            "n_images": int(quality["n_ssim"]),
+            "meaning": "mean SSIM over pairs of synthetic images; higher means less diverse",
+        },
+        "frechet_distance_test": {
+            "note": f"{HELD_OUT_NOTE}; an aggregate over {n} patches",
+            "value": finite_or_none(quality["fd_test"]),
+            "backbone": str(quality["fd_backbone"]),
+            "n_patches": n,
+            "meaning": "Frechet distance between features of synthetic patches and held-out patients' patches (the test "
+            "split, or validation where a study has no test split); lower is closer",
+        },
+    }
+
+
+def read_table(path: Path, columns: Iterable[str]) -> pd.DataFrame:
+    """A TSV results table, with a ValueError naming the file if it is missing or lacks columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    table = pd.read_csv(path, sep="\t", dtype={"source": str, "setting": str, "split": str})
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: table lacks columns {', '.join(missing)}")
+    return table
+
+
+def held_out_utility(summary_path: Path, selection_path: Path, source: str) -> dict:
+    """DSC (mean, SD, n over held-out patients) of the U-Net trained on `source` at its validation-selected setting."""
+    selection = read_table(selection_path, ("source", "setting"))
+    chosen = selection.loc[selection["source"] == source, "setting"]
+    if chosen.empty:
+        raise ValueError(f"{selection_path}: no selected U-Net setting for {source}")
+    summary = read_table(summary_path, ("source", "setting", "split", "metric", "mean", "sd", "n"))
+    rows = summary[
+        (summary["source"] == source) & (summary["setting"] == chosen.iloc[0]) & (summary["metric"] == "dsc")
+    ]
+    splits = {}
+    for split in HELD_OUT_SPLITS:
+        row = rows[rows["split"] == split]
+        if len(row):
+            n = int(row["n"].iloc[0])
+            splits[split] = {
+                "note": f"{HELD_OUT_NOTE}; an aggregate over {n} patients",
+                "dsc_mean": finite_or_none(row["mean"].iloc[0]),
+                "dsc_sd": finite_or_none(row["sd"].iloc[0]),
+                "n_patients": n,
+            }
+    return {
+        "what": "vessel segmentation by a U-Net trained on this synthetic dataset alone, its hyper-parameters "
+        "chosen by validation DSC, scored on whole held-out volumes",
+        "unet_setting": chosen.iloc[0],
+        "splits": splits,
+    }
+
+
+def quality_summary(dataset: dict, quality: dict, utility: dict) -> dict:
+    """The bundle's quality.json: statistics of the synthetic set and aggregates over held-out patients."""
+    return {
+        "synthetic_dataset": {"note": SYNTHETIC_NOTE, **dataset},
+        "diversity": quality["ssim"],
+        "frechet_distance_test": quality["frechet_distance_test"],
+        "segmentation": utility,
+    }
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A number for the README: `digits` significant digits, 'n/a' for a missing one."""
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def guarantee_statement(facts: dict) -> str:
+    """The guarantee in plain words: the card's own statement, else one built from epsilon and delta."""
+    if facts["statement"]:
+        return facts["statement"]
+    if math.isinf(facts["epsilon"]):
+        return "None: the generator was trained without differential privacy (epsilon = inf)."
+    return (
+        f"The generator that produced these data was trained with differentially private SGD and satisfies "
+        f"({number(facts['epsilon'])}, {number(facts['delta'], 3)})-differential privacy. The unit protected is one "
+        f"training patch: whether any single training patch was used or not changes the probability of any result "
+        f"computed from these data by at most a factor of e^{number(facts['epsilon'])}, except with probability "
+        f"{number(facts['delta'], 3)}. A patient contributed many patches, so the guarantee for a whole patient is "
+        f"weaker (group privacy)."
+    )
+
+
+NOT_PRIVATE = (
+    "> **NOT PRIVATE.** epsilon = inf: the GAN behind this dataset was trained without differential privacy.\n"
+    "> These data carry no privacy guarantee. Do not share them as private data.\n\n"
+)
+
+FILE_NOTES = {
+    "dataset.npz": "the pairs as numpy arrays `image` (n, P, P) and `label` (n, P, P)",
+    "images.nii.gz": "the images as one P x P x n uint8 NIfTI stack (1 mm voxels), for ITK-SNAP or 3D Slicer",
+    "labels.nii.gz": "the labels as one P x P x n uint8 NIfTI stack, vessel 255, background 0",
+    "gallery.png": "the first pairs, image above label",
+    "privacy_card.json": "the privacy card: the DP mechanism, its accounting (epsilon, delta) and the release",
+    "quality.json": "aggregate quality numbers (below), each with a note on what it was computed from",
+    "README.md": "this file",
+    MANIFEST: "size and SHA-256 of every other file",
+}
+
+
+def quality_lines(summary: dict) -> list[str]:
+    """README bullet points for the aggregate quality numbers."""
+    data, fd = summary["synthetic_dataset"], summary["frechet_distance_test"]
+    lines = [
+        f"- Synthetic set ({SYNTHETIC_NOTE}): {data['n_pairs']} pairs, vessel share of label pixels "
+        f"{number(data['vessel_share'])}, image mean {number(data['image_mean'])}, SD {number(data['image_sd'])}; "
+        f"mean pairwise SSIM {number(summary['diversity']['ssim_mean'])} over {summary['diversity']['n_images']} "
+        "images (higher: less diverse).",
+        f"- Frechet distance to held-out patients' patches ({fd['note']}): {number(fd['value'])} "
+        f"(features `{fd['backbone']}`; comparable only with distances on the same features).",
+    ]
+    for split, row in summary["segmentation"]["splits"].items():
+        lines.append(
+            f"- Vessel segmentation, {split} split ({row['note']}): a U-Net trained on this dataset alone reached "
+            f"DSC {number(row['dsc_mean'], 3)} (SD {number(row['dsc_sd'], 3)})."
+        )
+    return lines
+
+
+def accounting_line(facts: dict) -> str:
+    """epsilon under both accountants and delta, and what follows from them."""
+    if math.isinf(facts["epsilon"]):
+        return f"epsilon inf, delta {number(facts['delta'], 3)}. Details: `privacy_card.json`."
+    prv = facts["epsilon_prv"]
+    tighter = f"; the PRV accountant's tighter estimate of the same mechanism: {number(prv)}" if prv is not None else ""
+    return (
+        f"epsilon {number(facts['epsilon'])} (RDP accountant{tighter}), delta {number(facts['delta'], 3)}. Anything "
+        "computed from these files alone keeps this guarantee. Details: `privacy_card.json`."
+    )
+
+
+def readme_text(facts: dict, summary: dict) -> str:
+    """The recipient's README: what the data are, the guarantee, how to load them, quality, files."""
+    data = summary["synthetic_dataset"]
+    p, n = data["patch_size"], data["n_pairs"]
+    private = not math.isinf(facts["epsilon"])
+    training = "with differentially private SGD" if private else "WITHOUT differential privacy"
+    files = "\n".join(f"| `{name}` | {FILE_NOTES[name]} |" for name in BUNDLE_FILES)
+    return (
+        f"# Synthetic TOF-MRA patches with vessel labels ({facts['dataset']})\n\n"
+        + ("" if private else NOT_PRIVATE)
+        + "## What the data are\n\n"
+        f"{n} labelled synthetic 2D axial brain TOF-MRA patches of {p} x {p} pixels, each with a binary vessel label. "
+        f"They were sampled from a generative adversarial network (a Wasserstein GAN) trained {training} on "
+        "patches of real TOF-MRA scans: the patches were generated, not cut from any scan. Images are "
+        f"{data['image_dtype']}, each patch min-max scaled to 0..255 (values {number(data['image_min'])} to "
+        f"{number(data['image_max'])}); labels are {data['label_dtype']}, 1 vessel and 0 background.\n\n"
+        "## Privacy guarantee\n\n"
+        f"{guarantee_statement(facts)}\n\n"
+        f"{accounting_line(facts)}\n\n"
+        "## How to load\n\n"
+        "```python\n"
+        "import numpy as np\n\n"
+        'data = np.load("dataset.npz")\n'
+        f'images, labels = data["image"], data["label"]  # ({n}, {p}, {p}) each\n'
+        "```\n\n"
+        "```python\n"
+        "import nibabel as nib\n\n"
+        f'stack = nib.load("images.nii.gz").get_fdata()  # ({p}, {p}, {n}): pair i is stack[:, :, i]\n'
+        "```\n\n"
+        "## Quality (aggregate numbers, `quality.json`)\n\n"
+        + "\n".join(quality_lines(summary))
+        + "\n\nNumbers computed on held-out patients are not covered by epsilon; each is one aggregate, and no "
+        "per-patient value is included.\n\n"
+        "## Files\n\n"
+        "| file | content |\n| --- | --- |\n"
+        f"{files}\n\n"
+        f"Check the files against `{MANIFEST}`, in this folder:\n\n"
+        "```sh\n"
+        f"awk -F'\\t' 'NR > 1 {{print $3 \"  \" $1}}' {MANIFEST} | sha256sum -c\n"
+        "```\n"
+    )
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_text(folder: Path, names: Iterable[str]) -> str:
+    """MANIFEST.tsv: file, bytes and SHA-256 of each named file in `folder`, sorted by name."""
+    rows = [f"{name}\t{(folder / name).stat().st_size}\t{sha256(folder / name)}" for name in sorted(names)]
+    return "file\tbytes\tsha256\n" + "\n".join(rows) + "\n"
+
+
+def zip_entry(arcname: str, size: int) -> zipfile.ZipInfo:
+    """A zip entry with fixed time, permissions and system, stored if its data are already compressed."""
+    info = zipfile.ZipInfo(arcname, date_time=ZIP_TIME)
+    info.external_attr = ZIP_MODE
+    info.create_system = 3
+    info.compress_type = zipfile.ZIP_STORED if arcname.endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
+    info.file_size = size
+    return info
+
+
+def write_zip(folder: Path, names: Iterable[str], prefix: str, out: Path) -> None:
+    """Zip the named files of `folder` under `prefix/`, sorted, so that equal files give a byte-identical zip."""
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in sorted(names):
+            path = folder / name
+            entry = zip_entry(f"{prefix}/{name}", path.stat().st_size)
+            with open(path, "rb") as source, archive.open(entry, "w") as sink:
+                shutil.copyfileobj(source, sink, CHUNK)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse a bundle folder that holds anything but bundle files: the folder is what gets handed over."""
+    if not out_dir.is_dir():
+        return
+    extra = sorted(p.name for p in out_dir.iterdir() if p.name not in BUNDLE_FILES)
+    if extra:
+        raise ValueError(f"{out_dir}: holds {', '.join(extra)}, which are not bundle files; use an empty folder")
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy a file byte for byte under a temporary name, then rename it onto `target`."""
+    write_atomic(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def write_bundle_files(synth_dir: Path, out_dir: Path, summary: dict, readme: str) -> None:
+    """Every bundle file in `out_dir`, each written atomically; the manifest last."""
+    for name in SYNTH_FILES:
+        copy_atomic(synth_dir / name, out_dir / name)
+    write_json(summary, out_dir / "quality.json")
+    write_atomic(out_dir / "README.md", lambda tmp: Path(tmp).write_text(readme))
+    manifest = manifest_text(out_dir, [n for n in BUNDLE_FILES if n != MANIFEST])
+    write_atomic(out_dir / MANIFEST, lambda tmp: Path(tmp).write_text(manifest))
+
+
+def build_bundle(
+    synth_dir: Path, quality_path: Path, summary_path: Path, selection_path: Path, out_dir: Path, zip_path: Path
+) -> dict:
+    """Check every input, then write the bundle folder and its zip; on any error no bundle file is left.
+
+    Returns the bundle's quality summary.
+    """
+    synth_dir, out_dir, zip_path = Path(synth_dir), Path(out_dir), Path(zip_path)
+    missing = [str(synth_dir / n) for n in SYNTH_FILES if not (synth_dir / n).is_file()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: file not found")
+    check_out_dir(out_dir)
+    facts = card_facts(synth_dir / "privacy_card.json")
+    dataset = dataset_facts(synth_dir / "dataset.npz")
+    utility = held_out_utility(summary_path, selection_path, facts["dataset"])
+    summary = quality_summary(dataset, held_out_quality(quality_path), utility)
+    readme = readme_text(facts, summary)
+    try:
+        write_bundle_files(synth_dir, out_dir, summary, readme)
+        prefix = facts["dataset"].replace("/", "_")
+        write_atomic(zip_path, lambda tmp: write_zip(out_dir, BUNDLE_FILES, prefix, tmp))
+    except BaseException:
+        for name in BUNDLE_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        zip_path.unlink(missing_ok=True)
+        raise
+    if math.isinf(facts["epsilon"]):
+        log.warning("%s: NOT PRIVATE (epsilon inf); the README says so", facts["dataset"])
+    log.info("%s: bundle of %d pairs -> %s, %s", facts["dataset"], dataset["n_pairs"], out_dir, zip_path)
+    return summary
+
+
+# --- checking a bundle for private data (tests and audits of small bundles: plain substring search) -------
+
+
+def byte_streams(name: str, data: bytes) -> Iterator[tuple[str, bytes]]:
+    """A file's bytes, then recursively its gzip stream and its zip members (names and contents)."""
+    yield name, data
+    if data[:2] == b"\x1f\x8b":
+        yield from byte_streams(f"{name}!gunzip", gzip.decompress(data))
+    if data[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member in archive.namelist():
+                yield f"{name}!{member} (name)", member.encode()
+                yield from byte_streams(f"{name}!{member}", archive.read(member))
+
+
+def bundle_streams(root: Path) -> Iterator[tuple[str, bytes]]:
+    """Every file under `root` (a folder or one file) as byte streams, decompressed and unzipped."""
+    root = Path(root)
+    paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for path in paths:
+        yield from byte_streams(str(path), path.read_bytes())
+
+
+def patch_needles(patch: np.ndarray) -> dict[str, bytes]:
+    """Byte forms a copied patch would take: float32 and uint8, as stored and min-max scaled, row- and column-major."""
+    patch = np.asarray(patch, dtype=np.float32)
+    span = float(patch.max() - patch.min())
+    scaled = ((patch - patch.min()) * (255 / span)).astype(np.float32)
+    forms = {
+        "float32": patch,
+        "uint8": np.clip(np.rint(patch), 0, 255).astype(np.uint8),
+        "min-max float32": scaled,
+        "min-max uint8": np.clip(np.rint(scaled), 0, 255).astype(np.uint8),
+    }
+    needles = {}
+    for form, array in forms.items():
+        needles[form] = array.tobytes()
+        needles[f"{form}, transposed"] = np.ascontiguousarray(array.T).tobytes()
+    return needles
+
+
+def distinctive(patch: np.ndarray) -> bool:
+    """Whether a patch has enough distinct values that its bytes cannot match by chance (flat ones could)."""
+    return len(np.unique(np.clip(np.rint(patch), 0, 255))) >= MIN_DISTINCT_VALUES
+
+
+def private_needles(
+    patch_arrays: Iterable[np.ndarray], patient_ids: Iterable[str], secrets: Iterable[bytes]
+) -> dict[str, bytes]:
+    """{description: bytes} of every private string to look for: patches, patient ids, key bytes and encodings."""
+    needles = {}
+    for k, patches in enumerate(patch_arrays):
+        for i, patch in enumerate(np.asarray(patches)):
+            if distinctive(patch):
+                needles |= {f"training patch {i} of array {k} ({f})": b for f, b in patch_needles(patch).items()}
+    for patient in patient_ids:
+        needles[f"patient id {patient}"] = patient.encode()
+    for j, secret in enumerate(secrets):
+        forms = {
+            "raw": secret,
+            "hex": secret.hex().encode(),
+            "HEX": secret.hex().upper().encode(),
+            "base64": base64.b64encode(secret),
+        }
+        needles |= {f"secret {j} ({form})": data for form, data in forms.items()}
+    return needles
+
+
+def find_leaks(
+    bundle: Path, patch_arrays: Iterable[np.ndarray], patient_ids: Iterable[str], secrets: Iterable[bytes]
+) -> list[str]:
+    """Where any training patch, patient id or secret key occurs in a bundle (folder or zip), as 'stream: what'."""
+    needles = private_needles(patch_arrays, patient_ids, secrets)
+    return [
+        f"{name}: {what}" for name, data in bundle_streams(bundle) for what, needle in needles.items() if needle in data
+    ]
