@@ -41,8 +41,8 @@ def test_bad_input_exits_1_naming_the_file_and_writes_nothing(subject_files, tmp
 
 
 def test_unknown_phantom_site_is_an_error(tmp_path, capsys):
-    assert main(["phantom", "--site", "C", "--seed", "0", "--out", str(tmp_path)]) == 1
-    assert "unknown site 'C'" in capsys.readouterr().err
+    assert main(["phantom", "--site", "D", "--seed", "0", "--out", str(tmp_path)]) == 1
+    assert "unknown site 'D'" in capsys.readouterr().err
 
 
 def test_epsilon_reproduces_the_paper(capsys):
@@ -74,7 +74,7 @@ def test_metrics_command(tmp_path, capsys):
     nib.save(nib.Nifti1Image(prediction * 255, affine), tmp_path / "p.nii.gz")
     assert main(["metrics", str(tmp_path / "t.nii.gz"), str(tmp_path / "p.nii.gz"), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert list(scores) == ["dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd"]
+    assert list(scores) == ["dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd", "assd_mm", "hd95_voxels_mm"]
     assert scores["dsc"] == pytest.approx(6 / 7) and scores["sensitivity"] == pytest.approx(0.75)
     assert scores["bahd_mm"] == pytest.approx(0.5 / 8)
     assert main(["metrics", str(tmp_path / "t.nii.gz"), str(tmp_path / "missing.nii.gz")]) == 1

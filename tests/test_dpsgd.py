@@ -183,3 +183,25 @@ def test_hooks_record_only_inside_the_engine() -> None:
     assert engine._records is None
     engine.remove()
     assert not any(m._forward_hooks for m in critic.modules())
+
+
+def test_normalised_clipping_scales_every_gradient_just_under_c() -> None:
+    """Bu et al. 2023: each sample contributes C g / (||g|| + 0.01 C), so small and large gradients weigh alike."""
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 1))
+    c, expected_batch = 0.5, 3.0
+    engine = DPGradient(model, c, noise_multiplier=0.0, expected_batch_size=expected_batch, normalised=True)
+    x = torch.randn(5, 6) * torch.tensor([1e-3, 1e-1, 1.0, 10.0, 100.0])[:, None]
+    model.zero_grad(set_to_none=True)
+    result = engine.accumulate(x, lambda out: out.sum(dim=1))
+    reference = per_sample_reference(model, x, lambda out: out.sum(dim=1), engine.clipper.params)
+    expected = [torch.zeros_like(p) for p in engine.clipper.params]
+    for grads in reference:
+        norm = norm64(grads)
+        factor = c / (1 + NORM_RTOL) / (norm + dpsgd.NORMALISED_GAMMA * c)
+        assert factor * norm < c
+        for acc, g in zip(expected, grads):
+            acc += factor * g / expected_batch
+    for p, e in zip(engine.clipper.params, expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-9)
+    engine.remove()

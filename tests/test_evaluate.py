@@ -25,7 +25,7 @@ def study(tmp_path):
         for setting in ("s1", "s2"):
             metric_table(metrics / source / setting / "val.tsv", val[setting], [1.0, 1.0])
             metric_table(metrics / source / setting / "test.tsv", [0.8, 0.6], [1.0, 3.0])
-            metric_table(metrics / source / setting / "external.tsv", [0.5], [2.0])
+            metric_table(metrics / source / setting / "external.tsv", [0.5, 0.0, 0.0], [2.0, math.inf, math.inf])
     gan = tmp_path / "gan" / "sigma~1" / "seed~0"
     gan.mkdir(parents=True)
     pd.DataFrame({"epoch": [1, 2], "epsilon_rdp": [3.0, 4.5]}).to_csv(gan / "epochs.tsv", sep="\t", index=False)
@@ -39,19 +39,40 @@ def test_selection_by_mean_validation_dsc(study):
     assert selection["val_dsc_mean"].tolist() == pytest.approx([0.85, 0.6])
 
 
+def summary_row(summary: pd.DataFrame, split: str, metric: str) -> pd.Series:
+    """The summary row of the real source's first setting."""
+    part = summary[(summary.source == "real") & (summary.setting == "s1") & (summary.split == split)]
+    return part[part.metric == metric].iloc[0]
+
+
 def test_summary_has_every_source_setting_split_metric(study):
     summary = pd.read_csv(study / "summary.tsv", sep="\t")
+    assert summary.columns.tolist() == ["source", "setting", "split", "metric", "mean", "sd", "n", "n_inf"]
     assert len(summary) == 2 * 2 * 3 * len(METRICS)
-    row = summary[(summary.source == "real") & (summary.setting == "s1") & (summary.split == "test") & (summary.metric == "dsc")]
-    assert row["mean"].item() == pytest.approx(0.7) and row["sd"].item() == pytest.approx(math.sqrt(0.02), rel=1e-5)
+    row = summary_row(summary, "test", "dsc")
+    assert row["mean"] == pytest.approx(0.7) and row["sd"] == pytest.approx(math.sqrt(0.02), rel=1e-5)
+    assert (row["n"], row["n_inf"]) == (2, 0)
+
+
+def test_summary_counts_infinite_distances_and_averages_the_finite_ones(study):
+    """Two of three external patients with an empty prediction (bAHD inf): mean over the one finite value."""
+    summary = pd.read_csv(study / "summary.tsv", sep="\t")
+    bahd = summary_row(summary, "external", "bahd_mm")
+    assert bahd["mean"] == 2.0 and math.isnan(bahd["sd"]) and (bahd["n"], bahd["n_inf"]) == (1, 2)
+    dsc = summary_row(summary, "external", "dsc")
+    assert dsc["mean"] == pytest.approx(0.5 / 3, rel=1e-5) and (dsc["n"], dsc["n_inf"]) == (3, 0)
 
 
 def test_table1(study):
     table = pd.read_csv(study / "table1.tsv", sep="\t", keep_default_na=True)
-    assert table.columns.tolist() == ["source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd"]
+    assert table.columns.tolist() == [
+        "source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf"
+    ]
     assert table[["source", "split"]].values.tolist() == [
         ["real", "test"], ["real", "external"], ["sigma~1/seed~0", "test"], ["sigma~1/seed~0", "external"]
     ]
     assert math.isnan(table["epsilon"][0]) and table["epsilon"][2] == 4.5
     assert table["dsc_mean"][0] == pytest.approx(0.7) and table["bahd_mean"][0] == pytest.approx(2.0)
-    assert table["bahd_sd"][0] == pytest.approx(math.sqrt(2), rel=1e-5) and math.isnan(table["dsc_sd"][1])
+    assert table["bahd_sd"][0] == pytest.approx(math.sqrt(2), rel=1e-5) and table["dsc_sd"][1] == pytest.approx(0.2887, abs=1e-4)
+    assert table[["bahd_n", "bahd_n_inf"]].values.tolist() == [[2, 0], [1, 2], [2, 0], [1, 2]]
+    assert table["bahd_mean"][1] == 2.0 and math.isnan(table["bahd_sd"][1])

@@ -73,6 +73,7 @@ def results(tmp_path: Path) -> Path:
                             "mean": mean,
                             "sd": 0.02,
                             "n": 2,
+                            "n_inf": 0,
                         }
                     )
     pd.DataFrame(selection).to_csv(root / "tables/selection.tsv", sep="\t", index=False)
@@ -172,7 +173,10 @@ def test_utility_figures_cope_with_one_gan_run(tmp_path: Path):
     figures.write_privacy_table([card], root / "privacy.tsv", root / "privacy.html")
     summary = pd.DataFrame(
         [
-            {"source": s, "setting": SETTINGS[0], "split": "test", "metric": m, "mean": 0.5, "sd": math.nan, "n": 1}
+            {
+                "source": s, "setting": SETTINGS[0], "split": "test", "metric": m, "mean": 0.5, "sd": math.nan, "n": 1,
+                "n_inf": 0,
+            }
             for s in ("real", source("1", 0))
             for m in ("dsc", "bahd_mm")
         ]
@@ -395,6 +399,8 @@ def test_table1_html_picks_real_nonprivate_and_best_private(results: Path):
                     "dsc_sd": 0.02,
                     "bahd_mean": 1 - dsc,
                     "bahd_sd": 0.1,
+                    "bahd_n": 2,
+                    "bahd_n_inf": 0,
                 }
             )
     pd.DataFrame(rows).to_csv(results / "tables/table1.tsv", sep="\t", index=False)
@@ -464,3 +470,83 @@ def test_cli_privacy_table_and_table_html(results: Path, tmp_path: Path):
     ]
     assert main([*argv, "--out", str(out)]) == 0
     assert out.read_text().startswith("<!doctype html>")
+
+
+def with_infinite_bahd(summary_path: Path, source_name: str, n_inf: int) -> None:
+    """Rewrite summary.tsv so that a source's selected test bAHD left out n_inf infinite values."""
+    summary = pd.read_csv(summary_path, sep="\t", dtype={"source": str})
+    rows = (summary["source"] == source_name) & (summary["metric"] == "bahd_mm") & (summary["split"] == "test")
+    summary.loc[rows, "n_inf"] = n_inf
+    summary.to_csv(summary_path, sep="\t", index=False)
+
+
+def test_utility_figure_and_summary_page_mark_sources_with_infinite_bahd(results: Path):
+    """A source whose test bAHD left out infinite values carries n_inf to the figure and `[k ∞]` to summary.html."""
+    tables = results / "tables"
+    with_infinite_bahd(tables / "summary.tsv", source("2", 1), 2)
+    summary = pd.read_csv(tables / "summary.tsv", sep="\t", dtype={"source": str})
+    scores = figures.selected_scores(summary, pd.read_csv(tables / "selection.tsv", sep="\t"), "test")
+    assert scores.set_index("source")["bahd_n_inf"].to_dict() == {
+        "real": 0, **{source(r[0], r[1]): 2 * (r[:2] == ("2", 1)) for r in RUNS}
+    }
+    paths = outputs(results, "fig3_infinite")
+    figures.plot_utility(tables / "summary.tsv", tables / "selection.tsv", tables / "privacy.tsv", "test", paths)
+    assert_figures(paths)
+    wide = figures.write_summary_html(tables / "summary.tsv", tables / "selection.tsv", results / "summary.html")
+    cells = wide[(wide["source"] == source("2", 1)) & (wide["split"] == "test")]["bAHD mm"]
+    assert cells.str.endswith(" [2 ∞]").all() and not wide.loc[wide["source"] == "real", "bAHD mm"].str.contains("∞").any()
+    assert "the mean and SD are over the other patients" in (results / "summary.html").read_text()
+
+
+def test_mean_sd_says_how_many_values_were_infinite():
+    assert figures.mean_sd(1.234, 0.1, ".2f") == "1.23 (0.10)"
+    assert figures.mean_sd(1.234, math.nan, ".2f", n_inf=3) == "1.23 (–) [3 ∞]"
+    assert figures.mean_sd(math.nan, math.nan, n_inf=2) == "– [2 ∞]"
+
+
+def test_table1_html_marks_infinite_bahd_and_bolds_a_finite_best(results: Path):
+    rows = [
+        {"source": name, "split": "test", "epsilon": eps, "dsc_mean": dsc, "dsc_sd": 0.02, "bahd_mean": bahd,
+         "bahd_sd": 0.1, "bahd_n": n, "bahd_n_inf": 3 - n}
+        for name, eps, dsc, bahd, n in [
+            ("real", math.nan, 0.89, 0.5, 3),
+            (source("inf", 0), math.inf, 0.84, 0.4, 2),
+            (source("0.65", 1), 10.2, 0.0, math.nan, 0),
+        ]
+    ]
+    pd.DataFrame(rows).to_csv(results / "tables/table1.tsv", sep="\t", index=False)
+    out = results / "tables/table1.html"
+    shown = figures.write_table1_html(results / "tables/table1.tsv", results / "tables/selection.tsv", out)
+    assert shown["test bAHD (mm)"].tolist() == ["0.50 (0.10)", "0.40 (0.10) [1 ∞]", "– [3 ∞]"]
+    page = out.read_text()
+    assert "<b>0.40 (0.10) [1 ∞]</b>" in page and "[k ∞]: k patients had an infinite distance" in page
+
+
+@pytest.mark.parametrize("degrees", [0.0, 30.0, -75.0])
+def test_mip_extent_is_true_size_and_position_for_any_affine(degrees: float):
+    """Displayed pixel centres are as far apart as the voxels' world positions, rotated or not (no diagonal read)."""
+    spacing = np.array([0.4, 0.7, 1.3])
+    angle = math.radians(degrees)
+    rotation = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(spacing)
+    affine[:3, 3] = [-30.0, 12.0, 5.0]
+    nx, ny = 9, 6
+    left, right, bottom, top = figures.mip_extent(affine, (ny, nx))
+    assert (right - left, top - bottom) == pytest.approx((nx * 0.4, ny * 0.7))
+
+    def shown(i: int, j: int) -> np.ndarray:
+        """Where imshow draws the centre of MIP pixel (row j, column i)."""
+        return np.array([left + (i + 0.5) * (right - left) / nx, bottom + (j + 0.5) * (top - bottom) / ny])
+
+    def world(i: int, j: int) -> np.ndarray:
+        return (affine @ [i, j, 2, 1])[:3]
+
+    corners = [(0, 0), (nx - 1, 0), (0, ny - 1), (nx - 1, ny - 1)]
+    for a in corners:
+        for b in corners:
+            assert np.linalg.norm(shown(*a) - shown(*b)) == pytest.approx(np.linalg.norm(world(*a) - world(*b)))
+    if degrees == 0:  # unrotated: the frame is world x and y, voxel (0, 0) drawn at its world position
+        assert shown(0, 0) == pytest.approx(affine[:2, 3])
+    u = rotation[:, 0]  # the first voxel's position along the rotated x axis
+    assert shown(0, 0)[0] == pytest.approx(u @ affine[:3, 3])

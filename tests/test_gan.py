@@ -97,7 +97,7 @@ def test_non_private_run_writes_outputs_and_critic_learns(train_set: Path, secre
     np.testing.assert_array_equal(samples, sample_generator(tmp_path / "generator.pt", 5, seed=1))
 
 
-def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tmp_path: Path, monkeypatch) -> None:
+def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """Bit-identical on CPU (GPU kernels need not be deterministic)."""
     monkeypatch.setattr(gan, "default_device", lambda: torch.device("cpu"))
     whole, staged, killed = tmp_path / "whole", tmp_path / "staged", tmp_path / "killed"
@@ -107,7 +107,9 @@ def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tm
 
     # stopped cleanly after epoch 1, then asked for 2 epochs
     train_gan(train_set, staged, replace(TINY, epochs=1), secret)
+    caplog.set_level(logging.INFO, logger="dpmra.gan")
     train_gan(train_set, staged, TINY, secret)
+    assert "resuming from" in caplog.text  # more epochs continue the run, secret streams included
     assert_same_training(final_state(staged), reference)
 
     # killed in the middle of epoch 2: that epoch is redone from the epoch-1 checkpoint
@@ -231,3 +233,40 @@ def test_training_set_contract(tmp_path: Path) -> None:
         load_training_set(bad)
     with pytest.raises(ValueError, match="mode"):
         GanParams(mode="other")
+
+
+def test_adam_and_ema_release_the_averaged_generator(train_set: Path, secret: Path, tmp_path: Path) -> None:
+    """With ema, generator.pt holds the moving average (decay d: avg <- d avg + (1 - d) current), not the last weights."""
+    params = replace(TINY, optimizer="adam", beta1=0.0, lr_generator=1e-3, ema=0.9, epochs=1)
+    trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"), KEY)
+    assert isinstance(trainer.opt_d, torch.optim.Adam) and trainer.opt_d.defaults["betas"] == (0.0, 0.9)
+    assert trainer.opt_g.defaults["lr"] == 1e-3 and trainer.opt_d.defaults["lr"] == TINY.lr
+    before = [p.detach().clone() for p in trainer.ema_generator.parameters()]
+    trainer.generator_iteration()
+    for avg, old, current in zip(trainer.ema_generator.parameters(), before, trainer.generator.parameters()):
+        torch.testing.assert_close(avg, 0.9 * old + 0.1 * current.detach())
+    train_gan(train_set, tmp_path, params, secret)
+    stored = checkpoint.load(tmp_path / "generator.pt")["state_dict"]
+    state = final_state(tmp_path)
+    assert all(torch.equal(stored[k], v) for k, v in state["ema_generator"].items())
+    assert not all(torch.equal(stored[k], v) for k, v in state["generator"].items())
+
+
+def test_warm_start_from_a_public_run(train_set: Path, secret: Path, tmp_path: Path) -> None:
+    """A --public run costs no epsilon; a run warm-started from it begins at its generator and critic weights."""
+    public = replace(TINY, sigma=math.inf, public=True, epochs=1)
+    train_gan(train_set, tmp_path / "public", public, secret)
+    table = pd.read_csv(tmp_path / "public" / "epochs.tsv", sep="\t")
+    assert (table["epsilon_rdp"] == 0).all() and (table["epsilon_prv"] == 0).all()
+    stored = checkpoint.load(tmp_path / "public" / "generator.pt")
+    warm = gan.load_warm_start(tmp_path / "public" / "generator.pt")
+    trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"), KEY, warm)
+    assert all(torch.equal(v, trainer.generator.state_dict()[k]) for k, v in stored["state_dict"].items())
+    assert all(torch.equal(v, trainer.critic.state_dict()[k]) for k, v in stored["critic"].items())
+    assert trainer.pretrained["training_set_size"] == N and trainer.pretrained["epochs"] == 1
+    train_gan(train_set, tmp_path / "private", TINY, secret, tmp_path / "public" / "generator.pt")
+    assert checkpoint.load(tmp_path / "private" / "generator.pt")["pretrained"] == trainer.pretrained
+    with pytest.raises(ValueError, match="not the generator.pt of a run on a public training set"):
+        gan.load_warm_start(tmp_path / "private" / "generator.pt")
+    with pytest.raises(ValueError, match="needs no noise"):
+        replace(TINY, public=True)

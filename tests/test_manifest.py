@@ -91,7 +91,7 @@ def test_shipped_configs_are_valid(name):
     [
         lambda c: c["patches"].update(size=-4),
         lambda c: c["data"].update(source="dicom"),
-        lambda c: c["data"]["phantom"]["splits"].update(train={"site": "C", "patients": 2}),
+        lambda c: c["data"]["phantom"]["splits"].update(train={"site": "D", "patients": 2}),
         lambda c: c["data"]["phantom"].update(shape=[64, 64]),
         lambda c: c["patches"].update(per_patinet=10),
     ],
@@ -101,3 +101,11 @@ def test_schema_rejects_bad_config(change):
     change(config)
     with pytest.raises(WorkflowError):
         validate(config, schema=config_schema())
+
+
+def test_public_phantom_cohort_comes_from_its_own_site():
+    splits = {"train": {"site": "A", "patients": 2}, "val": {"site": "A", "patients": 1}}
+    table = phantom_table(splits, 0, {"site": "C", "patients": 2})
+    assert table.loc[table["split"] == "public", "patient"].tolist() == ["C000", "C001"]
+    with pytest.raises(ValueError, match="data.phantom.public: site A is also a split's site"):
+        phantom_table(splits, 0, {"site": "A", "patients": 1})

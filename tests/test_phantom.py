@@ -200,10 +200,10 @@ def test_write_subject_round_trips(tmp_path: Path):
 
 
 def test_unknown_site_is_rejected_with_the_known_ones():
-    with pytest.raises(ValueError, match=r"'C'.*A, B"):
-        make_subject("C", 0)
-    with pytest.raises(ValueError, match="'C'"):
-        vessel_tree("C", 0)
+    with pytest.raises(ValueError, match=r"'D'.*A, B, C"):
+        make_subject("D", 0)
+    with pytest.raises(ValueError, match="'D'"):
+        vessel_tree("D", 0)
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 8), (15, 64, 24), (64, 64)])

@@ -132,6 +132,10 @@ def test_no_output_holds_the_key_or_the_derived_seeds(train_set: Path, tmp_path:
     assert "rng" not in stored and "key_check" not in stored
 
 
+def test_more_epochs_continue_the_same_secret_streams() -> None:
+    assert run_name(replace(PARAMS, epochs=9)) == run_name(PARAMS) != run_name(replace(PARAMS, lr=1e-3))
+
+
 def test_checkpoints_of_another_key_are_not_resumed(train_set: Path, tmp_path: Path) -> None:
     train_gan(train_set, tmp_path / "run", PARAMS, key_file(tmp_path, 1))
     trainer = WganTrainer(gan.load_training_set(train_set), PARAMS, torch.device("cpu"), bytes([2]) * 32)

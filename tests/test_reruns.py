@@ -165,8 +165,10 @@ def test_changing_the_patch_seed_reruns_everything_downstream(finished_run, tmp_
     rules = {job.rule for job in jobs}
     assert not rules & {"phantom", "prepare"}
     assert {"patches", "training_set", "gan", "synth", "unet", "predict", "score", "tables"} <= rules
-    assert sum(job.rule == "patches" for job in jobs) == 6
-    assert {job.branch() for job in jobs if job.rule == "unet"} == {"real", "sigma~inf/seed~0", "sigma~1/seed~0"}
+    assert sum(job.rule == "patches" for job in jobs) == 7  # 6 cohort patients and the public one
+    assert {job.branch() for job in jobs if job.rule == "unet"} == {
+        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "public"
+    }
 
 
 def test_changing_the_phantom_seed_reruns_everything(finished_run, tmp_path):
@@ -174,7 +176,7 @@ def test_changing_the_phantom_seed_reruns_everything(finished_run, tmp_path):
     config = write_config(tmp_path, "phantom_seed", lambda c: c["data"]["phantom"].update(seed=7))
     jobs = dry_run(finished_run, config)
     rules = {job.rule for job in jobs}
-    assert sum(job.rule == "phantom" for job in jobs) == 6
+    assert sum(job.rule == "phantom" for job in jobs) == 7
     assert {"prepare", "patches", "training_set", "gan", "synth", "unet", "predict", "score", "tables"} <= rules
 
 

@@ -38,7 +38,7 @@ def test_to_dataset_scales_image_and_thresholds_label():
     pairs[0, 0] = [[-1, 0], [0.5, 1]]
     pairs[1, 0] = 0.3  # constant patch
     pairs[0, 1] = [[0.59, 0.61], [-1, 1]]  # 0.6 on [-1, 1] is 0.8 on [0, 1]
-    image, label = to_dataset(pairs, label_threshold=0.8)
+    image, label = to_dataset(pairs, label_threshold=0.8, intensity="per_patch")
     assert image.dtype == np.float32 and label.dtype == np.uint8
     np.testing.assert_allclose(image[0], [[0, 127.5], [191.25, 255]])
     np.testing.assert_allclose(image[1], 127.5)
@@ -111,7 +111,7 @@ def test_val_fd_releases_the_epoch_closest_to_validation(trained: Path, tmp_path
     )
     state = checkpoint.load(trained / "checkpoints" / f"epoch_{chosen['epoch']:03d}.pt")
     expected, _ = to_dataset(
-        generate({"config": state["generator_config"], "state_dict": state["generator"]}, 12, 4), 0.8
+        generate({"config": state["generator_config"], "state_dict": state["generator"]}, 12, 4), 0.8, "per_patch"
     )
     with np.load(tmp_path / "out" / "dataset.npz") as npz:
         np.testing.assert_array_equal(npz["image"], expected)
@@ -138,3 +138,29 @@ def test_card_states_the_patch_and_patient_guarantees(trained: Path, tmp_path: P
         assert patient["epsilon"] == pytest.approx(10 * eps) and patient["delta"] == pytest.approx(expected_delta)
     assert "per training patch" in guarantee["statement"]
     assert "Gaussian noise of DP-SGD" in card["secret"]["secret_streams"]
+
+
+def test_volume_scale_release_shares_the_real_patches_scale(tmp_path: Path):
+    """Real patches mapped by the training set's volume rule and released back land on their own 0..255 values."""
+    from dpmra.patches import scale_volume_to_unit_range
+
+    real = np.random.default_rng(3).uniform(0, 255, (5, 4, 4)).astype(np.float32)
+    real[0] = 40.0  # a flat patch keeps its level (per-patch min-max would move it to the midpoint)
+    pairs = np.stack([scale_volume_to_unit_range(real), np.ones_like(real)], axis=1)
+    image, label = to_dataset(pairs, label_threshold=0.8, intensity="volume")
+    np.testing.assert_allclose(image, real, atol=1e-3)
+    assert (label == 1).all()
+    paper, _ = to_dataset(pairs, label_threshold=0.8, intensity="per_patch")
+    assert paper[1].min() == 0 and paper[1].max() == 255 and (paper[0] == 127.5).all()
+
+
+def test_public_and_warm_started_cards(tmp_path: Path):
+    """A public run's card says it saw no private data; a warm-started run's card states what was public."""
+    from dpmra.synth import guarantee, public_pretraining
+
+    stored = {"epsilon": {"epsilon_rdp": 0.0}, "delta": 1e-4, "unit": "patch", "max_patches_per_patient": 10,
+              "params": {"public": True}}
+    assert guarantee(stored)["per_patch"] == {"epsilon": 0.0, "delta": 0.0}
+    assert "PUBLIC DATA ONLY" in guarantee(stored)["statement"] and public_pretraining(stored) is None
+    stored["pretrained"] = {"training_set_size": 600, "epochs": 10, "weights_sha256": "ab"}
+    assert "public training set of 600 pairs" in public_pretraining(stored)["statement"]

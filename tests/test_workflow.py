@@ -34,13 +34,15 @@ def test_dry_run_default_config(tmp_path):
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
     assert counts == {
-        "phantom": 12, "prepare": 12, "patches": 12, "training_set": 1, "secret_key": 1, "gan": 3, "synth": 3, "quality": 3, "audit": 3, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
-        "unet": 8, "predict": 24, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
+        "phantom": 15, "prepare": 15, "patches": 15, "training_set": 1, "secret_key": 1, "public_set": 1,
+        "gan_pretrain": 1, "synth_public": 1, "gan": 4, "synth": 4, "quality": 4, "audit": 4, "dp_audit": 3,
+        "dp_audit_table": 1, "dp_audit_figure": 1, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
+        "unet": 6, "predict": 18, "score": 18, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
         "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
         "fig7_segmentation": 1, "fig8_ssim": 1, "fig9_tsne": 1, "privacy_utility_figure": 1, "audit_figure": 1,
         "gan_curves_figure": 1, "table1_html": 1, "summary_html": 1, "quality_html": 1, "audit_html": 1,
     }
-    assert {"sigma~inf/seed~0", "sigma~1.003/seed~0", "sigma~3.028/seed~0"} <= {
+    assert {"sigma~inf/seed~0", "sigma~0.6794/seed~0", "sigma~0.8954/seed~0", "sigma~1.47/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
     }
 
@@ -217,7 +219,9 @@ def test_tiny_run_segmentation(tiny_run):
     settings = ["lr-0.0001_dropout-0_augment-on", "lr-0.0001_dropout-0_augment-off"]
     for setting in settings:
         table = pd.read_csv(tiny_run / f"metrics/real/{setting}/test.tsv", sep="\t")
-        assert table.columns.tolist() == ["patient", "dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd"]
+        assert table.columns.tolist() == [
+            "patient", "dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd", "assd_mm", "hd95_voxels_mm"
+        ]
         assert table["patient"].tolist() == ["A004"] and 0 <= table["dsc"].item() <= 1
         prediction = tiny_run / f"predictions/real/{setting}/test/A004"
         segmentation = nib.load(prediction / "segmentation.nii.gz").get_fdata()
@@ -226,7 +230,7 @@ def test_tiny_run_segmentation(tiny_run):
         np.testing.assert_array_equal(errors == 1, (segmentation == 1) & (label == 1))
         np.testing.assert_array_equal(nib.load(prediction / "segmentation_native.nii.gz").get_fdata(), segmentation)
     selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t")
-    sources = ["real", "sigma~inf/seed~0", "sigma~1/seed~0"]
+    sources = ["real", "sigma~inf/seed~0", "sigma~1/seed~0", "public"]
     assert selection["source"].tolist() == sources and set(selection["setting"]) <= set(settings)
     for source in sources[1:]:
         assert len(pd.read_csv(tiny_run / f"metrics/{source}/{settings[0]}/external.tsv", sep="\t")) == 1
@@ -235,7 +239,12 @@ def test_tiny_run_segmentation(tiny_run):
     best = pd.read_csv(tiny_run / f"metrics/real/{selection['setting'].iloc[0]}/external.tsv", sep="\t")
     assert table1["dsc_mean"].iloc[1] == pytest.approx(best["dsc"].mean(), rel=1e-5)
     card = json.loads((tiny_run / "synth/sigma~1/seed~0/privacy_card.json").read_text())
-    assert table1["epsilon"].iloc[-1] == pytest.approx(card["epsilon"]["rdp"])
+    private = table1.set_index(["source", "split"]).loc[("sigma~1/seed~0", "external"), "epsilon"]
+    assert private == pytest.approx(card["epsilon"]["rdp"], abs=5e-5)  # table: 4 decimals
+    assert (table1.loc[table1["source"] == "public", "epsilon"] == 0).all()  # the warm start alone saw no private data
+    assert card["public_pretraining"]["training_set_size"] == 40 and card["public_pretraining"]["epochs"] == 1
+    public = json.loads((tiny_run / "synth/public/privacy_card.json").read_text())
+    assert "PUBLIC DATA ONLY" in public["guarantee"]["statement"] and public["epsilon"]["rdp"] == 0
 
 
 @pytest.mark.workflow

@@ -42,7 +42,7 @@ def cmd_training_set(args: argparse.Namespace) -> None:
     """Assemble the GAN training set from the train split's patches."""
     from dpmra.patches import training_set
 
-    training_set(args.patches, args.out, args.gallery)
+    training_set(args.patches, args.out, args.gallery, intensity=args.intensity)
 
 
 def cmd_epsilon(args: argparse.Namespace) -> None:
@@ -102,6 +102,11 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         n_critic=args.n_critic,
         lr=args.lr,
+        lr_generator=args.lr_generator,
+        optimizer=args.optimizer,
+        beta1=args.beta1,
+        ema=args.ema,
+        clipping=args.clipping,
         clip_weight=args.clip_weight,
         max_grad_norm=args.max_grad_norm,
         width_g=args.width,
@@ -113,8 +118,9 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         unit=args.unit,
         patient_batch=args.patient_batch,
         patient_patches=args.patient_patches,
+        public=args.public,
     )
-    train_gan(args.train_set, args.out, params, args.secret)
+    train_gan(args.train_set, args.out, params, args.secret, args.pretrained)
 
 
 def cmd_secret_key(args: argparse.Namespace) -> None:
@@ -179,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     set_torch_threads(args.threads)
     predict_patients(
-        args.model, args.data, args.patients, args.out, args.patch_size, args.threshold, args.batch_size
+        args.model, args.data, args.patients, args.out, args.patch_size, args.threshold, args.batch_size, args.overlap
     )
 
 
@@ -247,6 +253,22 @@ def cmd_audit_table(args: argparse.Namespace) -> None:
     from dpmra.audit import write_audit_table
 
     write_audit_table(args.audit, args.cards, args.out)
+
+
+def cmd_audit_dp(args: argparse.Namespace) -> None:
+    """One-run canary audit of a GAN run's DP mechanism (run), the table of every audit (table), its figure."""
+    from dpmra import dp_audit
+
+    if args.step == "run":
+        set_torch_threads(args.threads)
+        dp_audit.run_dp_audit(
+            args.generator, args.train_set, args.secret, args.canaries, args.guesses_per_side, args.out,
+            args.pretrained,
+        )
+    elif args.step == "table":
+        dp_audit.write_audit_table(args.audits, args.out)
+    else:
+        dp_audit.plot_audit(args.table, args.out)
 
 
 def cmd_release(args: argparse.Namespace) -> None:
@@ -406,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patches", type=Path, nargs="+", help="per-patient patch .npz files of the train split")
     p.add_argument("--out", type=Path, required=True, help="output .npz with array x (N, 2, P, P)")
     p.add_argument("--gallery", type=Path, required=True, help="output PNG of example pairs")
+    p.add_argument(
+        "--intensity", choices=("volume", "per_patch"), default="volume",
+        help="image channel: the volume's 0..255 scale mapped to [-1, 1], or per-patch min-max (the paper's)",
+    )
     p.set_defaults(func=cmd_training_set)
 
     p = sub.add_parser("epsilon", help="epsilon of Poisson-subsampled Gaussian DP-SGD, or sigma for a target epsilon")
@@ -438,7 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32, help="expected Poisson batch size")
     p.add_argument("--n-critic", type=int, default=5)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=5e-5, help="critic learning rate (and the generator's by default)")
+    p.add_argument("--lr-generator", type=float, help="generator learning rate (default: --lr)")
+    p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop", help="paper: rmsprop")
+    p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
+    p.add_argument("--ema", type=float, default=0.0, help="decay of the released generator's weight average; 0 = off")
+    p.add_argument(
+        "--clipping", choices=("flat", "normalised"), default="flat",
+        help="per-sample clipping: flat min(1, C/|g|) or normalised C/(|g| + 0.01 C)",
+    )
     p.add_argument("--clip-weight", type=float, default=0.01)
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="per-sample clipping norm C")
     p.add_argument("--width", type=int, default=96, help="generator and critic filters")
@@ -450,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patient-patches", type=int, default=16, help="pairs per sampled patient per critic update (unit patient)"
     )
+    p.add_argument(
+        "--public", action="store_true",
+        help="declare the training set public (a warm start's): no noise, nothing charged, epsilon 0",
+    )
+    p.add_argument("--pretrained", type=Path, help="generator.pt of a --public run to start from (warm start)")
     p.add_argument(
         "--secret", type=Path, default=Path("results/private/secret.key"),
         help="key file seeding the DP sampling and noise; created on first use (keep it private)",
@@ -480,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("metrics", help="DSC, bAHD, HD95, sensitivity, precision, AVD of one segmentation")
+    p = sub.add_parser("metrics", help="DSC, bAHD, surface HD95, sensitivity, precision, AVD, ASSD of one segmentation")
     p.add_argument("truth", type=Path, help="ground-truth vessel label (NIfTI)")
     p.add_argument("prediction", type=Path, help="binary segmentation on the same grid (NIfTI)")
     p.add_argument("--mask", type=Path, help="brain mask: voxels outside are background in both")
@@ -500,13 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_unet)
 
-    p = sub.add_parser("predict", help="segment prepared patients slice by slice with one U-Net")
+    p = sub.add_parser("predict", help="segment prepared patients slice by slice (sliding window) with one U-Net")
     p.add_argument("--model", type=Path, required=True, help="model.pt of dpmra train-unet")
     p.add_argument("--data", type=Path, required=True, help="directory of prepared patients (dpmra prepare)")
     p.add_argument("--patients", nargs="+", required=True)
     p.add_argument("--patch-size", type=int, required=True)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--batch-size", type=int, default=64, help="patches per model call")
+    p.add_argument("--overlap", type=float, default=0.5, help="share of a window neighbouring windows overlap, in [0, 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory: one folder per patient")
     p.set_defaults(func=cmd_predict)
@@ -586,6 +626,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cards", type=Path, nargs="+", required=True, help="privacy cards, in the same order")
     p.add_argument("--out", type=Path, required=True, help="output TSV")
     p.set_defaults(func=cmd_audit_table)
+
+    p = sub.add_parser("audit-dp", help="one-run canary audit of the DP mechanism: an epsilon lower bound per GAN run")
+    steps = p.add_subparsers(dest="step", required=True)
+    s = steps.add_parser("run", help="train a GAN run once more, with gradient canaries, and bound its epsilon")
+    s.add_argument("--generator", type=Path, required=True, help="generator.pt of the audited run (its settings)")
+    s.add_argument("--train-set", type=Path, required=True, help="the run's training set .npz")
+    s.add_argument("--secret", type=Path, required=True, help="the run's secret key file (never created here)")
+    s.add_argument("--pretrained", type=Path, help="the public run's generator.pt the audited run started from")
+    s.add_argument("--canaries", type=int, default=1000, help="m gradient canaries, each included with probability 1/2")
+    s.add_argument(
+        "--guesses-per-side", type=int,
+        help="k: guess 'included' for the k highest scores and 'excluded' for the k lowest (default m / 10)",
+    )
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    s.add_argument("--out", type=Path, required=True, help="output directory: dp_audit.json, canaries.tsv")
+    s = steps.add_parser("table", help="dp_audit.tsv from every audited run's dp_audit.json")
+    s.add_argument("audits", type=Path, nargs="+", help="dp_audit.json of every audited run")
+    s.add_argument("--out", type=Path, required=True, help="output TSV")
+    s = steps.add_parser("figure", help="claimed against audited epsilon of every audited run")
+    s.add_argument("--table", type=Path, required=True, help="results/tables/dp_audit.tsv")
+    s.add_argument("--out", type=Path, nargs="+", required=True, help="output files (.png, .pdf)")
+    p.set_defaults(func=cmd_audit_dp)
 
     p = sub.add_parser("release", help="the shareable bundle of one synthetic dataset: files, README, checksums, zip")
     p.add_argument("--synth", type=Path, required=True, help="the run's results/synth folder (dataset, stacks, card)")

@@ -51,6 +51,9 @@ NORM_RTOL = 1e-5
 
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
 
+NORMALISED_GAMMA = 0.01
+"""Stability constant of normalised clipping, relative to C (Bu et al. 2023 use 0.01)."""
+
 
 @dataclass
 class ClippedSum:
@@ -262,11 +265,12 @@ class BookKeepingClipper:
     place (the recorded output would no longer be the layer's); this is checked.
     """
 
-    def __init__(self, module: nn.Module, max_grad_norm: float) -> None:
+    def __init__(self, module: nn.Module, max_grad_norm: float, normalised: bool = False) -> None:
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
         self.module = module
         self.max_grad_norm = max_grad_norm
+        self.normalised = normalised
         self.layers = _trainable_layers(module)
         self.params = [p for layer in self.layers for p in _own_trainable(layer)]
         self._records: list[_Record] | None = None
@@ -283,8 +287,14 @@ class BookKeepingClipper:
         self._handles = []
 
     def factors(self, norms: Tensor) -> Tensor:
-        """Clipping factors min(1, C / ((1 + NORM_RTOL) * norm)), float64."""
+        """Clipping factors, float64: flat min(1, C' / norm), or normalised C' / (norm + gamma); C' = C / (1 + NORM_RTOL).
+
+        Normalised clipping (Bu et al. 2023, "automatic clipping") scales every gradient to just under C, so
+        small gradients count as much as large ones; either way no unit's contribution exceeds C.
+        """
         bound = self.max_grad_norm / (1.0 + NORM_RTOL)
+        if self.normalised:
+            return bound / (norms + NORMALISED_GAMMA * self.max_grad_norm)
         return torch.clamp(bound / norms.clamp_min(1e-300), max=1.0)
 
     def _forward(self, inputs: Tensor) -> tuple[Tensor, list[_Record]]:
@@ -364,13 +374,14 @@ class DPGradient:
         noise_multiplier: float,
         expected_batch_size: float,
         generator: torch.Generator | None = None,
+        normalised: bool = False,
     ) -> None:
         if noise_multiplier < 0 or not expected_batch_size > 0:
             raise ValueError(
                 f"need noise_multiplier >= 0 and expected_batch_size > 0, got "
                 f"{noise_multiplier}, {expected_batch_size}"
             )
-        self.clipper = BookKeepingClipper(module, max_grad_norm)
+        self.clipper = BookKeepingClipper(module, max_grad_norm, normalised)
         self.noise_multiplier = noise_multiplier
         self.expected_batch_size = expected_batch_size
         self.generator = generator

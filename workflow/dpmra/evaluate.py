@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dpmra.metrics import METRICS, score_files
@@ -46,27 +47,27 @@ def select_settings(metrics_root: Path, sources: list[str], settings: list[str])
     return pd.DataFrame(rows)
 
 
+def describe(values: pd.Series) -> dict[str, float]:
+    """Mean, SD and count n of the finite values, and n_inf, the infinite ones, which would make the mean inf.
+
+    A distance is inf when a prediction (or truth) is empty inside the brain mask; NaN values (undefined
+    ratios) are in neither count.
+    """
+    finite = values[np.isfinite(values)]
+    return {"mean": finite.mean(), "sd": finite.std(ddof=1), "n": len(finite), "n_inf": int(np.isinf(values).sum())}
+
+
 def summarise(metrics_root: Path, sources: list[str], settings: list[str], splits: list[str]) -> pd.DataFrame:
-    """Mean and SD over patients of every metric, per (source, setting, split)."""
+    """Mean and SD over patients (finite values), n and n_inf of every metric, per (source, setting, split)."""
     rows = []
     for source in sources:
         for setting in settings:
             for split in splits:
                 table = read_metrics(metrics_root, source, setting, split)
                 for metric in METRICS:
-                    values = table[metric]
-                    rows.append(
-                        {
-                            "source": source,
-                            "setting": setting,
-                            "split": split,
-                            "metric": metric,
-                            "mean": values.mean(),
-                            "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
-                            "n": len(values),
-                        }
-                    )
-    return pd.DataFrame(rows)
+                    key = {"source": source, "setting": setting, "split": split, "metric": metric}
+                    rows.append({**key, **describe(table[metric].astype(float))})
+    return pd.DataFrame(rows, columns=["source", "setting", "split", "metric", "mean", "sd", "n", "n_inf"])
 
 
 def final_epsilon(epochs_tsv: Path) -> float:
@@ -74,8 +75,12 @@ def final_epsilon(epochs_tsv: Path) -> float:
     return float(pd.read_csv(epochs_tsv, sep="\t")["epsilon_rdp"].iloc[-1])
 
 
+TABLE1_COLUMNS = ["source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf"]
+
+
 def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, float]) -> pd.DataFrame:
-    """DSC and bAHD (mean, SD) of each source's selected U-Net on the test and external splits."""
+    """DSC and bAHD (mean, SD; bAHD over the finite values, with their count and the infinite ones') of each
+    source's selected U-Net on the test and external splits."""
     chosen = summary.merge(selection[["source", "setting"]], on=["source", "setting"])
     rows = []
     for source in selection["source"]:
@@ -92,9 +97,11 @@ def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, f
                     "dsc_sd": part.loc["dsc", "sd"],
                     "bahd_mean": part.loc["bahd_mm", "mean"],
                     "bahd_sd": part.loc["bahd_mm", "sd"],
+                    "bahd_n": part.loc["bahd_mm", "n"],
+                    "bahd_n_inf": part.loc["bahd_mm", "n_inf"],
                 }
             )
-    return pd.DataFrame(rows, columns=["source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd"])
+    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
 def write_tables(

@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 from dpmra.atomic import write_tsv
 from dpmra.cards import card_epsilon, read_card
 from dpmra.html_tables import Section, mean_sd, number, write_page
-from dpmra.pictures import new_figure, save_figure
+from dpmra.pictures import mip_extent, new_figure, save_figure
 
 SOURCE = re.compile(r"sigma~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
 PRIVACY_COLUMNS = [
@@ -48,6 +48,7 @@ ACCOUNTANTS = {
     "epsilon_rdp_paper": ("RDP as the paper accounted", "X"),
 }
 REAL_COLOUR = "#7f7f7f"
+PUBLIC_COLOUR = "#17becf"
 NONPRIVATE_COLOUR = "#000000"
 PRIVATE_COLOURMAP = "plasma"
 ERROR_COLOURS = {1: ("TP", "#2ca02c"), 2: ("FP", "#d62728"), 3: ("FN", "#1f77b4")}
@@ -204,18 +205,25 @@ def sigma_epsilons(privacy: pd.DataFrame, column: str = "epsilon_rdp") -> dict[s
 
 
 def selected_scores(summary: pd.DataFrame, selection: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Per source, its selected setting's mean (and SD over patients) DSC and bAHD on a split, with val DSC."""
+    """Per source, its selected setting's DSC and bAHD on a split (mean and SD over the patients with finite
+    values, and n_inf, the patients with infinite ones), with val DSC."""
     rows = summary[summary["split"] == split].merge(selection, on=["source", "setting"])
-    wide = rows.pivot_table(index=["source", "setting", "val_dsc_mean"], columns="metric", values=["mean", "sd"])
+    wide = rows.pivot_table(
+        index=["source", "setting", "val_dsc_mean"], columns="metric", values=["mean", "sd", "n_inf"]
+    )
+
+    def column(statistic: str, metric: str) -> pd.Series | float:
+        """One statistic of one metric; NaN where pivot_table dropped it for being NaN for every source."""
+        return wide[(statistic, metric)] if (statistic, metric) in wide else math.nan
+
     out = pd.DataFrame(
         {
-            "dsc": wide[("mean", "dsc")],
-            "dsc_sd": wide[("sd", "dsc")] if ("sd", "dsc") in wide else math.nan,
-            "bahd_mm": wide[("mean", "bahd_mm")],
-            "bahd_sd": wide[("sd", "bahd_mm")] if ("sd", "bahd_mm") in wide else math.nan,
+            f"{name}{suffix}": column(statistic, metric)
+            for metric, name in (("dsc", "dsc"), ("bahd_mm", "bahd"))
+            for statistic, suffix in (("mean", ""), ("sd", "_sd"), ("n_inf", "_n_inf"))
         }
     ).reset_index()
-    return out.rename(columns={"val_dsc_mean": "val_dsc"})
+    return out.rename(columns={"val_dsc_mean": "val_dsc", "bahd": "bahd_mm"})
 
 
 def utility_runs(summary: pd.DataFrame, selection: pd.DataFrame, privacy: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -250,14 +258,37 @@ def utility_by_sigma(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().sort_values("epsilon", ignore_index=True)
 
 
-def draw_real(ax: Axes, real: pd.Series | None, metric: str) -> None:
-    """Real-data reference: a grey line at the mean over patients with a band of one SD."""
+def mark_infinite(ax: Axes, position: tuple[float, float], n_inf: float, colour: str, ha: str = "left") -> None:
+    """Write `k∞` beside a mean that left out k infinite values (at the top of the panel when none was finite)."""
+    if not n_inf > 0:
+        return
+    x, y = position
+    finite = bool(np.isfinite(y))
+    ax.annotate(
+        f"{int(n_inf)}∞", (x, y if finite else 0.97), xycoords=("data", "data" if finite else "axes fraction"),
+        xytext=(5 if ha == "left" else -5, 0), textcoords="offset points", ha=ha, va="center" if finite else "top",
+        fontsize=9, color=colour,
+    )
+
+
+def n_inf_column(metric: str) -> str:
+    """The selected_scores column counting a metric's infinite values (dsc -> dsc_n_inf, bahd_mm -> bahd_n_inf)."""
+    return f"{metric.split('_')[0]}_n_inf"
+
+
+def draw_real(ax: Axes, real: pd.Series | None, metric: str, colour: str = REAL_COLOUR) -> None:
+    """A reference source (real data, or the public warm start alone): a line at the mean over patients with a
+    band of one SD, and its `k∞` if any."""
     if real is None:
         return
     mean, sd = real[metric], real[f"{metric.split('_')[0]}_sd"]
-    ax.axhline(mean, color=REAL_COLOUR, linestyle="--", linewidth=1.2)
+    ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2)
     if not math.isnan(sd):
-        ax.axhspan(mean - sd, mean + sd, color=REAL_COLOUR, alpha=0.15, linewidth=0)
+        ax.axhspan(mean - sd, mean + sd, color=colour, alpha=0.15, linewidth=0)
+    mark_infinite(ax, (ax.get_xlim()[1], mean), real[n_inf_column(metric)], colour, ha="right")
+
+
+PUBLIC_MARKER = Line2D([], [], color=PUBLIC_COLOUR, ls="--", label="public warm start alone (no private data)")
 
 
 def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, metric: str, palette, x) -> None:
@@ -267,11 +298,8 @@ def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, met
     )
     for _, run in runs.iterrows():
         ax.plot(x(run["epsilon_rdp"]), run[metric], "o", mfc="none", mec=palette[run["sigma"]], ms=6, alpha=0.7)
-        if np.isinf(run[metric]):  # e.g. bAHD of an empty segmentation: shown, not silently dropped
-            ax.annotate(
-                "∞", (x(run["epsilon_rdp"]), 0.97), xycoords=("data", "axes fraction"),
-                ha="center", va="top", fontsize=16, color=palette[run["sigma"]],
-            )
+        # e.g. bAHD of empty segmentations: left out of the mean, so said beside it rather than silently dropped
+        mark_infinite(ax, (x(run["epsilon_rdp"]), run[metric]), run[n_inf_column(metric)], palette[run["sigma"]])
     for _, row in by_sigma.iterrows():
         colour, pos = palette[row["sigma"]], x(row["epsilon"])
         sd = row[sd_col] if not math.isnan(row[sd_col]) else None
@@ -284,6 +312,10 @@ UTILITY_MARKERS = [
     Line2D([], [], marker="*", color="0.3", ls="none", ms=12, label="best run (highest val DSC)"),
     Line2D([], [], color=REAL_COLOUR, ls="--", label="real data (mean ± SD over patients)"),
 ]
+INFINITE_MARKER = Line2D(
+    [], [], marker=r"$k\infty$", color="0.3", ls="none", ms=14,
+    label="k patients with infinite bAHD (empty segmentation), left out of the mean",
+)
 
 
 def plot_utility(
@@ -297,17 +329,21 @@ def plot_utility(
     by_sigma = utility_by_sigma(runs)
     scores = selected_scores(summary, selection, split).set_index("source")
     real = scores.loc["real"] if "real" in scores.index else None
+    public = scores.loc["public"] if "public" in scores.index else None
     palette = sigma_palette(privacy["sigma"])
+    infinite = bool((scores[["dsc_n_inf", "bahd_n_inf"]] > 0).any(axis=None))
     with matplotlib.rc_context(FONT):
         fig = new_figure(figsize=(WIDTH, 4.6))
         axes = fig.subplots(1, 2)
         for ax, metric, ylabel in zip(axes, ("dsc", "bahd_mm"), ("DSC", "bAHD (mm)")):
             x = epsilon_axis(ax, privacy["epsilon_rdp"], epsilon_label(privacy))
             draw_real(ax, real, metric)
+            draw_real(ax, public, metric, PUBLIC_COLOUR)
             draw_utility_panel(ax, runs, by_sigma, metric, palette, x)
             ax.set_ylabel(f"{split} {ylabel}")
             ax.grid(alpha=0.3)
-        axes[0].legend(handles=UTILITY_MARKERS, loc="best", fontsize=8)
+        handles = UTILITY_MARKERS + [PUBLIC_MARKER] * (public is not None) + [INFINITE_MARKER] * infinite
+        axes[0].legend(handles=handles, loc="best", fontsize=8)
         sigma_legend(fig, palette, sigma_epsilons(privacy), real is not None)
         fig.suptitle(f"U-Nets trained on synthetic data, scored on the {split} patients")
         save_all(fig, outputs)
@@ -340,6 +376,9 @@ def plot_accounting(summary_path: Path, selection_path: Path, privacy_path: Path
         for ax, split in zip(axes, splits):
             part = points[points["split"] == split]
             x = epsilon_axis(ax, part["epsilon"], "epsilon at the run's delta")
+            references = selected_scores(summary, selection, split).set_index("source")
+            for source, colour in (("real", REAL_COLOUR), ("public", PUBLIC_COLOUR)):
+                draw_real(ax, references.loc[source] if source in references.index else None, "dsc", colour)
             for source, run in part.groupby("source"):
                 colour = palette[run["sigma"].iloc[0]]
                 xs = [x(e) for e in run["epsilon"]]
@@ -352,6 +391,9 @@ def plot_accounting(summary_path: Path, selection_path: Path, privacy_path: Path
         handles = [
             Line2D([], [], marker=ACCOUNTANTS[a][1], color="0.3", ls="none", label=ACCOUNTANTS[a][0]) for a in present
         ]
+        handles.append(Line2D([], [], color=REAL_COLOUR, ls="--", label="real data (mean ± SD over patients)"))
+        if (summary["source"] == "public").any():
+            handles.append(PUBLIC_MARKER)
         axes[0].legend(handles=handles, loc="best", fontsize=8)
         sigma_legend(fig, palette, sigma_epsilons(privacy), real=False)
         modes = ", ".join(sorted(privacy["mode"].dropna().unique()))
@@ -435,13 +477,6 @@ def showcase(selection: pd.DataFrame, privacy: pd.DataFrame) -> pd.DataFrame:
     real = selection[selection["source"] == "real"].rename(columns={"val_dsc_mean": "val_dsc"})
     columns = ["source", "setting", "sigma", "epsilon", "val_dsc"]
     return pd.concat([real.assign(sigma=None, epsilon=math.nan), best], ignore_index=True)[columns]
-
-
-def mip_extent(affine: np.ndarray, shape: tuple[int, int]) -> tuple[float, float, float, float]:
-    """imshow extent in mm of an axial projection (rows y, columns x) of a canonical volume."""
-    sx, sy = np.abs(np.diag(affine)[:2])
-    x0, y0 = affine[:2, 3]
-    return (x0 - sx / 2, x0 + (shape[1] - 0.5) * sx, y0 - sy / 2, y0 + (shape[0] - 0.5) * sy)
 
 
 def axial_mip(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -795,6 +830,12 @@ def plot_gan_curves(epochs_paths: list[Path], outputs: list[Path]) -> pd.DataFra
 # --- tables as HTML ----------------------------------------------------------------------------------------
 
 
+INFINITE_NOTE = (
+    "[k ∞]: k patients had an infinite distance (no vessel predicted inside the brain mask, or none labelled); "
+    "the mean and SD are over the other patients."
+)
+
+
 def source_words(source: str) -> str:
     """A source in the study's words."""
     parsed = parse_source(source)
@@ -827,10 +868,11 @@ def table1_section(table1: pd.DataFrame, selection: pd.DataFrame) -> Section:
         values = {}
         for split in splits:
             if split in part.index:
-                record[f"{split} DSC"] = mean_sd(part.loc[split, "dsc_mean"], part.loc[split, "dsc_sd"], ".2f")
-                record[f"{split} bAHD (mm)"] = mean_sd(part.loc[split, "bahd_mean"], part.loc[split, "bahd_sd"], ".2f")
-                values[f"{split} DSC"] = part.loc[split, "dsc_mean"]
-                values[f"{split} bAHD (mm)"] = -part.loc[split, "bahd_mean"]
+                row = part.loc[split]
+                record[f"{split} DSC"] = mean_sd(row["dsc_mean"], row["dsc_sd"], ".2f")
+                record[f"{split} bAHD (mm)"] = mean_sd(row["bahd_mean"], row["bahd_sd"], ".2f", row["bahd_n_inf"])
+                values[f"{split} DSC"] = row["dsc_mean"]
+                values[f"{split} bAHD (mm)"] = -row["bahd_mean"] if np.isfinite(row["bahd_mean"]) else -math.inf
         records.append(record)
         raw.append(values)
     shown = pd.DataFrame(records)
@@ -842,23 +884,26 @@ def table1_section(table1: pd.DataFrame, selection: pd.DataFrame) -> Section:
             bold.add((int(np.argmax(scores)), column))
     note = (
         "Mean (SD) over patients of the U-Net setting with the highest validation DSC per source; best per column "
-        "in bold. Private row: the GAN run (any sigma, seed) whose U-Net had the highest validation DSC."
+        "in bold. Private row: the GAN run (any sigma, seed) whose U-Net had the highest validation DSC. "
+        f"{INFINITE_NOTE}"
     )
     return Section("Table 1: real, non-private and best private source", shown, note, bold=bold)
 
 
 def all_sources_section(table1: pd.DataFrame) -> Section:
     """Every source's Table 1 values, one row per source and split."""
+    bahd = zip(table1["bahd_mean"], table1["bahd_sd"], table1["bahd_n_inf"])
     shown = pd.DataFrame(
         {
             "source": table1["source"],
             "split": table1["split"],
             "epsilon": table1["epsilon"],
             "DSC mean (SD)": [mean_sd(m, s) for m, s in zip(table1["dsc_mean"], table1["dsc_sd"])],
-            "bAHD mm mean (SD)": [mean_sd(m, s) for m, s in zip(table1["bahd_mean"], table1["bahd_sd"])],
+            "bAHD mm mean (SD)": [mean_sd(m, s, n_inf=k) for m, s, k in bahd],
         }
     )
-    return Section("All training sources", shown, "epsilon: RDP bound after the GAN's last epoch; empty for real.")
+    note = f"epsilon: RDP bound after the GAN's last epoch; empty for real. {INFINITE_NOTE}"
+    return Section("All training sources", shown, note)
 
 
 def write_table1_html(table1_path: Path, selection_path: Path, out: Path) -> pd.DataFrame:
@@ -874,12 +919,16 @@ def write_summary_html(summary_path: Path, selection_path: Path, out: Path) -> p
     """summary.html: the selected setting per source, and every setting's metrics per split (selected marked)."""
     summary = pd.read_csv(summary_path, sep="\t", dtype={"source": str})
     selection = pd.read_csv(selection_path, sep="\t", dtype={"source": str})
-    summary["cell"] = [mean_sd(m, s) for m, s in zip(summary["mean"], summary["sd"])]
+    summary["cell"] = [mean_sd(m, s, n_inf=k) for m, s, k in zip(summary["mean"], summary["sd"], summary["n_inf"])]
     wide = summary.pivot_table(
         index=["source", "setting", "split"], columns="metric", values="cell", aggfunc="first", sort=False
     )
     wide["n"] = summary.groupby(["source", "setting", "split"], sort=False)["n"].first()
-    wide = wide.reset_index().rename(columns={"dsc": "DSC", "bahd_mm": "bAHD mm", "hd95_mm": "HD95 mm", "avd": "AVD"})
+    names = {
+        "dsc": "DSC", "bahd_mm": "bAHD mm", "hd95_mm": "HD95 mm", "avd": "AVD", "assd_mm": "ASSD mm",
+        "hd95_voxels_mm": "HD95 voxel sets mm",
+    }
+    wide = wide.reset_index().rename(columns=names)
     chosen = set(zip(selection["source"], selection["setting"]))
     marked = {i for i, r in enumerate(wide.itertuples()) if (r.source, r.setting) in chosen}
     sections = [
@@ -890,7 +939,7 @@ def write_summary_html(summary_path: Path, selection_path: Path, out: Path) -> p
         Section(
             "Every setting: mean (SD) over patients",
             wide,
-            "Highlighted rows: the selected setting of each source.",
+            f"Highlighted rows: the selected setting of each source. {INFINITE_NOTE}",
             marked_rows=marked,
         ),
     ]

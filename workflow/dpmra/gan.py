@@ -34,6 +34,7 @@ stay private like the key.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -88,6 +89,16 @@ class GanParams:
     """Expected batch size; the Poisson sampling rate is batch_size / N."""
     n_critic: int = 5
     lr: float = 5e-5
+    """Learning rate of the critic (and of the generator unless lr_generator is set)."""
+    lr_generator: float | None = None
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"
+    """RMSprop (the paper's) or Adam with betas (beta1, 0.9)."""
+    beta1: float = 0.5
+    ema: float = 0.0
+    """Decay of an exponential moving average of the generator's weights, released instead of the last
+    weights (post-processing); 0 = off."""
+    clipping: Literal["flat", "normalised"] = "flat"
+    """Per-sample clipping: flat min(1, C/||g||), or normalised C/(||g|| + gamma) (Bu et al. 2023)."""
     clip_weight: float = 0.01
     """WGAN weight clipping of the critic, after each critic update."""
     max_grad_norm: float = 1.0
@@ -106,14 +117,24 @@ class GanParams:
     """Expected patients per batch (unit patient); the Poisson rate is patient_batch / patients."""
     patient_patches: int = 16
     """Pairs taken from each sampled patient per critic update (unit patient)."""
+    public: bool = False
+    """The training set is declared public (a warm start's): no private data, so epsilon 0 and no noise."""
     sample_every: int = 1
     """Write a sample grid every this many epochs (and after the last)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("fresh", "paper"):
             raise ValueError(f"mode must be 'fresh' or 'paper', got {self.mode!r}")
+        if self.optimizer not in ("rmsprop", "adam") or self.clipping not in ("flat", "normalised"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r} or clipping {self.clipping!r}")
+        if not (0 <= self.ema < 1 and 0 <= self.beta1 < 1):
+            raise ValueError(f"ema and beta1 must be in [0, 1), got {self.ema}, {self.beta1}")
+        if self.lr_generator is not None and not self.lr_generator > 0:
+            raise ValueError(f"lr_generator must be positive, got {self.lr_generator}")
         if self.unit not in ("patch", "patient"):
             raise ValueError(f"unit must be 'patch' or 'patient', got {self.unit!r}")
+        if self.public and math.isfinite(self.sigma):
+            raise ValueError("a public training set needs no noise: train it with sigma = inf")
         if self.unit == "patient" and self.mode != "fresh":
             raise ValueError("the patient unit is implemented for the fresh loop only")
         if not (self.patient_batch > 0 and self.patient_patches >= 1):
@@ -142,6 +163,8 @@ class TrainingData:
     """float32 (N, 2, P, P) in [-1, 1]."""
     patient: Tensor
     """int64 (N,): index of the pair's patient, 0 .. patients - 1."""
+    intensity: str = "per_patch"
+    """How channel 0 maps to the image scale: "volume" (image / 127.5 - 1) or "per_patch" (min-max, the paper's)."""
 
     @property
     def patients(self) -> int:
@@ -159,6 +182,7 @@ def load_training_set(path: Path) -> TrainingData:
             if name not in npz:
                 raise ValueError(f"{path}: no array {name!r} (rebuild it with `dpmra training-set`)")
         x, patient = npz["x"], npz["patient"]
+        intensity = str(npz["intensity"]) if "intensity" in npz else "per_patch"
     if x.ndim != 4 or x.shape[1] != 2 or x.shape[2] != x.shape[3] or x.shape[0] < 1:
         raise ValueError(f"{path}: 'x' must have shape (N, 2, P, P) with N >= 1, got {x.shape}")
     if x.dtype != np.float32:
@@ -167,7 +191,7 @@ def load_training_set(path: Path) -> TrainingData:
         raise ValueError(f"{path}: 'x' must be finite and within [-1, 1]")
     if patient.shape != (x.shape[0],) or patient.min() < 0 or len(np.unique(patient)) != patient.max() + 1:
         raise ValueError(f"{path}: 'patient' must give each pair a patient index 0 .. patients - 1")
-    return TrainingData(torch.from_numpy(x), torch.from_numpy(patient.astype(np.int64)))
+    return TrainingData(torch.from_numpy(x), torch.from_numpy(patient.astype(np.int64)), intensity)
 
 
 @contextmanager
@@ -199,8 +223,9 @@ def _public_seeds(seed: int) -> dict[str, int]:
 
 
 def run_name(params: GanParams) -> str:
-    """The run's identity for the keyed streams: every setting that shapes training (not plotting)."""
-    settings = {k: v for k, v in asdict(params).items() if k != "sample_every"}
+    """The run's identity for the keyed streams: every setting that shapes training, but not its length (more
+    epochs continue a run) or plotting."""
+    settings = {k: v for k, v in asdict(params).items() if k not in ("epochs", "sample_every")}
     return "gan:" + json.dumps(settings, sort_keys=True)
 
 
@@ -222,7 +247,9 @@ class WganTrainer:
     states the checkpoints hold; the global RNGs are neither used nor changed.
     """
 
-    def __init__(self, data: TrainingData, params: GanParams, device: torch.device, key: bytes) -> None:
+    def __init__(
+        self, data: TrainingData, params: GanParams, device: torch.device, key: bytes, pretrained: dict | None = None
+    ) -> None:
         self.params = params
         self.device = device
         self.data = data.x.to(device)
@@ -245,8 +272,11 @@ class WganTrainer:
             torch.manual_seed(seeds["init"])
             self.generator = Generator(patch, params.width_g, params.latent_dim).to(device)
             self.critic = Critic(patch, params.width_d).to(device)
-        self.opt_g = torch.optim.RMSprop(self.generator.parameters(), lr=params.lr)
-        self.opt_d = torch.optim.RMSprop(self.critic.parameters(), lr=params.lr)
+        self.pretrained = warm_start(self.generator, self.critic, pretrained)
+        self.intensity = data.intensity
+        self.opt_g = _optimizer(self.generator, params, params.lr_generator or params.lr)
+        self.opt_d = _optimizer(self.critic, params, params.lr)
+        self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False) if params.ema else None
         self.rng = {
             "sampler": torch.Generator().manual_seed(seeds["sampler"]),
             "noise": torch.Generator(device).manual_seed(seeds["noise"]),
@@ -256,7 +286,12 @@ class WganTrainer:
         self.fixed_z = torch.randn(GRID_SAMPLES, params.latent_dim, generator=fixed).to(device)
         self.dp = (
             DPGradient(
-                self.critic, params.max_grad_norm, params.sigma, self.expected_batch, self.rng["noise"]
+                self.critic,
+                params.max_grad_norm,
+                params.sigma,
+                self.expected_batch,
+                self.rng["noise"],
+                normalised=params.clipping == "normalised",
             )
             if params.private
             else None
@@ -343,8 +378,24 @@ class WganTrainer:
             loss = -self.critic(self.generator(z)).mean()
             loss.backward()
         self.opt_g.step()
+        self._update_ema()
         self.generator_steps += 1
         return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the averaged generator towards the current one (weights by decay, BatchNorm buffers copied)."""
+        if self.ema_generator is None:
+            return
+        for avg, current in zip(self.ema_generator.parameters(), self.generator.parameters()):
+            avg.lerp_(current, 1 - self.params.ema)
+        for avg, current in zip(self.ema_generator.buffers(), self.generator.buffers()):
+            avg.copy_(current)
+
+    @property
+    def released_generator(self) -> Generator:
+        """The generator that is released: the moving average where configured, else the current one."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
 
     def generator_iteration(self) -> tuple[list[float], float]:
         """n_critic critic updates then one generator update; returns the score gaps and loss_g."""
@@ -366,7 +417,8 @@ class WganTrainer:
             g, loss_g = self.generator_iteration()
             gaps.extend(g)
             losses_g.append(loss_g)
-        self.accountant.charge_generator_iterations(self.iterations_per_epoch)
+        if not self.params.public:  # a public training set costs no privacy
+            self.accountant.charge_generator_iterations(self.iterations_per_epoch)
         self.epoch += 1
         wasserstein = _mean(gaps)
         row = {
@@ -391,6 +443,7 @@ class WganTrainer:
             "critic_steps": self.critic_steps,
             "generator_steps": self.generator_steps,
             "generator": self.generator.state_dict(),
+            "ema_generator": None if self.ema_generator is None else self.ema_generator.state_dict(),
             "critic": self.critic.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -400,6 +453,7 @@ class WganTrainer:
             "params": asdict(self.params),
             "data": self.data_fingerprint,
             "key_check": self.key_check,
+            "pretrained": self.pretrained,
             "generator_config": self.generator.config(),
         }
 
@@ -412,6 +466,8 @@ class WganTrainer:
         self.critic_steps = state["critic_steps"]
         self.generator_steps = state["generator_steps"]
         self.generator.load_state_dict(state["generator"])
+        if self.ema_generator is not None:
+            self.ema_generator.load_state_dict(state["ema_generator"])
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
@@ -429,18 +485,52 @@ class WganTrainer:
             return "other training data"
         if state.get("key_check") != self.key_check:
             return "made with another secret key"
+        if state.get("pretrained") != self.pretrained:
+            return "another warm start"
         if state["epoch"] > self.params.epochs:
             return f"epoch {state['epoch']} is beyond the requested {self.params.epochs}"
         return None
 
     @torch.no_grad()
     def sample_fixed(self) -> np.ndarray:
-        """The generator's output on the run's fixed latent vectors (eval mode)."""
-        self.generator.eval()
+        """The released generator's output on the run's fixed latent vectors (eval mode)."""
+        generator = self.released_generator
+        generator.eval()
         try:
-            return self.generator(self.fixed_z).cpu().numpy()
+            return generator(self.fixed_z).cpu().numpy()
         finally:
-            self.generator.train()
+            generator.train()
+
+
+def load_warm_start(path: Path) -> dict:
+    """A public run's generator.pt, checked: only a run declared public (``--public``) may warm-start others."""
+    stored = checkpoint.load(path)
+    if not stored.get("params", {}).get("public") or "critic" not in stored:
+        raise ValueError(f"{path}: not the generator.pt of a run on a public training set (train it with --public)")
+    return stored
+
+
+def warm_start(generator: Generator, critic: Critic, pretrained: dict | None) -> dict | None:
+    """Load a public run's generator and critic weights; return what the card says about them (or None)."""
+    if pretrained is None:
+        return None
+    generator.load_state_dict(pretrained["state_dict"])
+    critic.load_state_dict(pretrained["critic"])
+    digest = hashlib.sha256()
+    for name, tensor in sorted(pretrained["state_dict"].items()) + sorted(pretrained["critic"].items()):
+        digest.update(name.encode() + tensor.cpu().numpy().tobytes())
+    return {
+        "training_set_size": pretrained["training_set_size"],
+        "epochs": pretrained["epochs"],
+        "weights_sha256": digest.hexdigest(),
+    }
+
+
+def _optimizer(module: nn.Module, params: GanParams, lr: float) -> torch.optim.Optimizer:
+    """RMSprop (the paper's) or Adam with betas (beta1, 0.9) over a module's parameters."""
+    if params.optimizer == "adam":
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(params.beta1, 0.9))
+    return torch.optim.RMSprop(module.parameters(), lr=lr)
 
 
 def _score_gap(real_scores: Tensor, fake_scores: Tensor) -> float:
@@ -531,7 +621,8 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
     epsilons = {k: last[k] for k in ("epsilon_rdp", "epsilon_prv", *PAPER_COLUMNS) if k in last}
     checkpoint.save_atomic(
         {
-            "state_dict": {k: v.cpu() for k, v in trainer.generator.state_dict().items()},
+            "state_dict": {k: v.cpu() for k, v in trainer.released_generator.state_dict().items()},
+            "intensity": trainer.intensity,
             "config": trainer.generator.config(),
             "epsilon": epsilons,
             "delta": trainer.delta,
@@ -543,6 +634,8 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
             "units": trainer.units,
             "max_patches_per_patient": trainer.max_per_patient,
             "patches_per_unit_step": trainer.group_size,
+            "critic": {k: v.cpu() for k, v in trainer.critic.state_dict().items()},
+            "pretrained": trainer.pretrained,
             "params": asdict(trainer.params),
         },
         path,
@@ -569,10 +662,13 @@ def resume(trainer: WganTrainer, ckpt_dir: Path, device: torch.device) -> None:
         path.unlink()
 
 
-def train_gan(train_set: Path, out_dir: Path, params: GanParams, secret: Path) -> None:
+def train_gan(
+    train_set: Path, out_dir: Path, params: GanParams, secret: Path, pretrained: Path | None = None
+) -> None:
     """Train (or resume) a WGAN on ``train_set`` and write checkpoints, tables, plots, generator.pt.
 
-    The sampling and noise streams are keyed by the key file ``secret`` (created on first use).
+    The sampling and noise streams are keyed by the key file ``secret`` (created on first use). With
+    ``pretrained`` (the generator.pt of a run on a public training set) generator and critic start from its weights.
     Resumes from the last ``out_dir/checkpoints/epoch_*.pt``; a run killed mid-epoch
     redoes that epoch.
     """
@@ -580,7 +676,8 @@ def train_gan(train_set: Path, out_dir: Path, params: GanParams, secret: Path) -
     ckpt_dir = out_dir / "checkpoints"
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     device = default_device()
-    trainer = WganTrainer(load_training_set(train_set), params, device, load_key(secret))
+    warm = load_warm_start(pretrained) if pretrained else None
+    trainer = WganTrainer(load_training_set(train_set), params, device, load_key(secret), warm)
     resume(trainer, ckpt_dir, device)
     paper = params.mode == "paper"
     write_epochs_table(trainer.rows, out_dir / "epochs.tsv", paper)

@@ -56,11 +56,17 @@ def number(value: object, digits: int = 3) -> str:
     return str(value)
 
 
-def mean_sd(mean: float, sd: float, spec: str = ".3g") -> str:
-    """`mean (SD)` as the paper prints it, each with a format spec; the SD is a dash where undefined (one value)."""
+def mean_sd(mean: float, sd: float, spec: str = ".3g", n_inf: int = 0) -> str:
+    """`mean (SD)` as the paper prints it, each with a format spec; the SD is a dash where undefined (one value).
+
+    With n_inf > 0 (values left out of the mean because they were infinite) `[n_inf ∞]` follows, so a mean
+    over fewer patients is never read as one over all of them.
+    """
     if mean is None or math.isnan(mean):
-        return "–"
-    return f"{mean:{spec}} ({'–' if sd is None or math.isnan(sd) else format(sd, spec)})"
+        text = "–"
+    else:
+        text = f"{mean:{spec}} ({'–' if sd is None or math.isnan(sd) else format(sd, spec)})"
+    return f"{text} [{int(n_inf)} ∞]" if n_inf > 0 else text
 
 
 def cell_class(is_text: bool) -> str:

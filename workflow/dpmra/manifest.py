@@ -51,11 +51,16 @@ def check_manifest(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return table.set_index("patient", drop=False)
 
 
-def phantom_table(splits: dict[str, dict], base_seed: int) -> pd.DataFrame:
-    """The phantom cohort: patients {site}{index:03d}, numbered per site across splits, seed = base_seed + index."""
+def phantom_table(splits: dict[str, dict], base_seed: int, public: dict | None = None) -> pd.DataFrame:
+    """The phantom cohort: patients {site}{index:03d}, numbered per site across splits, seed = base_seed + index.
+
+    ``public``: a cohort of split "public" for the GAN warm start, from a site no split uses.
+    """
+    if public and public["site"] in {spec["site"] for spec in splits.values() if spec}:
+        raise ValueError(f"data.phantom.public: site {public['site']} is also a split's site; use another site")
     rows, counters = [], {}
-    for split in SPLITS:
-        spec = splits.get(split)
+    cohorts = {split: splits.get(split) for split in SPLITS} | {"public": public}
+    for split, spec in cohorts.items():
         if not spec:
             continue
         site = spec["site"]

@@ -1,33 +1,38 @@
-"""Per-patient vessel segmentation metrics: DSC, bAHD, HD95, sensitivity, precision, AVD.
+"""Per-patient vessel segmentation metrics: DSC, bAHD, surface HD95, sensitivity, precision, AVD, ASSD.
 
-Definitions, with T the ground-truth voxel set, P the predicted voxel set and d(x, S) the
-Euclidean distance in mm between the centre of voxel x and the nearest voxel centre of S
-(anisotropic voxel spacing taken into account):
+Definitions, with T the ground-truth voxel set, P the predicted voxel set, dT and dP their surfaces
+(the voxels of the set with a face neighbour outside it: the set minus its binary erosion by the
+6-neighbourhood, as MONAI's `get_mask_edges`), and d(x, S) the Euclidean distance in mm between the
+centre of voxel x and the nearest voxel centre of S (anisotropic voxel spacing taken into account):
 
-- dsc          2 |T & P| / (|T| + |P|)  (Dice similarity coefficient)
-- bahd_mm      (sum_{t in T} d(t, P) + sum_{p in P} d(p, T)) / (2 |T|): the balanced average
-               Hausdorff distance of Aydin et al. 2021, as the bAVD of the EvaluateSegmentation
-               tool that paper used (both directed sums are normalised by the truth size)
-- hd95_mm      max(Q95{d(t, P) : t in T}, Q95{d(p, T) : p in P}), the larger of the two directed
-               95th percentiles over voxel sets; Q95 is numpy.percentile's default (linear
-               interpolation) method. EvaluateSegmentation's HDRFDST@0.95 has a known open bug
-               that makes it inflated and run-dependent, so these values are not calibrated against it.
-- sensitivity  |T & P| / |T|             (TP / (TP + FN))
-- precision    |T & P| / |P|             (TP / (TP + FP))
-- avd          | |P| - |T| | / |T|       (absolute volume difference as a fraction of the truth
-               volume; voxel counts suffice since every voxel has the same volume)
+- dsc             2 |T & P| / (|T| + |P|)  (Dice similarity coefficient)
+- bahd_mm         (sum_{t in T} d(t, P) + sum_{p in P} d(p, T)) / (2 |T|): the balanced average
+                  Hausdorff distance of Aydin et al. 2021, as the bAVD of the EvaluateSegmentation
+                  tool that paper used (both directed sums are normalised by the truth size)
+- hd95_mm         max(Q95{d(p, dT) : p in dP}, Q95{d(t, dP) : t in dT}), the 95th percentile
+                  Hausdorff distance between the surfaces, as MONAI's
+                  `compute_hausdorff_distance(percentile=95)`; Q95 is linear interpolation between
+                  order statistics (numpy.percentile's default, torch.quantile's)
+- sensitivity     |T & P| / |T|             (TP / (TP + FN))
+- precision       |T & P| / |P|             (TP / (TP + FP))
+- avd             | |P| - |T| | / |T|       (absolute volume difference as a fraction of the truth
+                  volume; voxel counts suffice since every voxel has the same volume)
+- assd_mm         mean of {d(p, dT) : p in dP} and {d(t, dP) : t in dT} pooled, the average
+                  symmetric surface distance (MONAI's `compute_average_surface_distance(symmetric=True)`)
+- hd95_voxels_mm  max(Q95{d(t, P) : t in T}, Q95{d(p, T) : p in P}) over the whole voxel sets, this
+                  project's HD95 before surfaces were used (kept to compare with earlier runs)
 
 With a brain mask, voxels outside it are set to background in both T and P before anything is
-computed; distances are still measured between positions in the full voxel grid.
+computed (surfaces included); distances are still measured between positions in the full voxel grid.
 
 Empty sets. Both empty is a perfect segmentation: every metric takes its perfect-agreement value.
 Otherwise a ratio with a zero denominator is NaN when its numerator is also zero (undefined) and
 inf when the numerator is positive, and the distance to an empty set is inf:
 
-    case                      dsc  bahd_mm  hd95_mm  sensitivity  precision  avd
-    T empty,     P empty      1.0  0.0      0.0      1.0          1.0        0.0
-    T empty,     P non-empty  0.0  inf      inf      NaN          0.0        inf
-    T non-empty, P empty      0.0  inf      inf      0.0          NaN        1.0
+    case                      dsc  distances (bahd, hd95, assd, hd95_voxels)  sensitivity  precision  avd
+    T empty,     P empty      1.0  0.0                                        1.0          1.0        0.0
+    T empty,     P non-empty  0.0  inf                                        NaN          0.0        inf
+    T non-empty, P empty      0.0  inf                                        0.0          NaN        1.0
     T non-empty, P non-empty  finite values as defined above
 
 An empty brain mask is rejected (it would silently turn every case into a perfect one).
@@ -44,7 +49,9 @@ from scipy.spatial import cKDTree
 
 from dpmra.volumes import binary_values, check_same_grid, load_nifti
 
-METRICS = ("dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd")
+METRICS = ("dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd", "assd_mm", "hd95_voxels_mm")
+"""Metric names in output order: new ones are appended, so existing columns keep their positions."""
+DISTANCES = ("bahd_mm", "hd95_mm", "assd_mm", "hd95_voxels_mm")
 HD_PERCENTILE = 95.0
 
 
@@ -89,25 +96,61 @@ def _distances_edt(target: np.ndarray, query: np.ndarray, sampling: tuple[float,
     return np.sqrt(((offsets * np.asarray(sampling)) ** 2).sum(axis=-1))
 
 
-def _set_distances(
+def _crop(
     truth: np.ndarray, prediction: np.ndarray, spacing: tuple[float, float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances d(t, P) for t in T and d(p, T) for p in P, both sets non-empty, in mm.
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Both sets cut to the bounding box of T | P, axes reordered shortest first, and the reordered spacing.
 
-    The transforms run on the bounding box of T | P only: every nearest neighbour lies in T or P,
-    hence inside the box, so the cropped distances equal the full-grid ones. The box's axes are
-    reordered shortest first (distances do not depend on axis order): scipy's transform runs about
-    a quarter faster with the longest axis contiguous, as on a 192 x 192 x 64 slab.
+    Every nearest neighbour lies in T or P, hence inside the box, and the volume outside the box is
+    background, so distances and surfaces in the box equal the full-grid ones. Distances do not
+    depend on axis order; scipy's transform runs about a quarter faster with the longest axis
+    contiguous, as on a 192 x 192 x 64 slab.
     """
     union = truth | prediction
     box = tuple(slice(int(idx.min()), int(idx.max()) + 1) for idx in np.nonzero(union))
     order = tuple(int(axis) for axis in np.argsort(union[box].shape, kind="stable"))
     truth_box = np.ascontiguousarray(truth[box].transpose(order))
     prediction_box = np.ascontiguousarray(prediction[box].transpose(order))
-    sampling = tuple(spacing[axis] for axis in order)
-    to_prediction = _distances_to(prediction_box, truth_box, sampling)
-    to_truth = _distances_to(truth_box, prediction_box, sampling)
-    return to_prediction, to_truth
+    return truth_box, prediction_box, tuple(spacing[axis] for axis in order)
+
+
+def _surface(volume: np.ndarray) -> np.ndarray:
+    """Voxels of a set with a face neighbour outside it (outside the array counts as outside), as MONAI's edges."""
+    return volume & ~ndimage.binary_erosion(volume, border_value=0)
+
+
+def _percentile_hausdorff(to_prediction: np.ndarray, to_truth: np.ndarray) -> float:
+    """The larger of the two directed HD_PERCENTILE-th percentiles (linear interpolation, numpy's default)."""
+    return float(max(np.percentile(to_prediction, HD_PERCENTILE), np.percentile(to_truth, HD_PERCENTILE)))
+
+
+def _directed(
+    source: np.ndarray, target: np.ndarray, sampling: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """d(x, target) for every voxel x of `source`, and d(x, target's surface) for every surface voxel x of it.
+
+    One nearest-surface search serves both: a nearest target voxel to a point outside the target lies on its
+    surface (from an interior voxel, one step towards the point is a closer target voxel, whatever the
+    spacing), so d(x, target) is 0 inside the target and d(x, target's surface) elsewhere.
+    """
+    to_surface = _distances_to(_surface(target), source, sampling)
+    return np.where(target[source], 0.0, to_surface), to_surface[_surface(source)[source]]
+
+
+def _distance_metrics(
+    truth: np.ndarray, prediction: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, float]:
+    """bahd_mm, hd95_mm, assd_mm and hd95_voxels_mm of two non-empty sets."""
+    truth_box, prediction_box, sampling = _crop(truth, prediction, spacing)
+    to_prediction, surface_to_prediction = _directed(truth_box, prediction_box, sampling)
+    to_truth, surface_to_truth = _directed(prediction_box, truth_box, sampling)
+    surface_sum = surface_to_prediction.sum() + surface_to_truth.sum()
+    return {
+        "bahd_mm": float((to_prediction.sum() + to_truth.sum()) / (2 * truth_box.sum())),
+        "hd95_mm": _percentile_hausdorff(surface_to_prediction, surface_to_truth),
+        "assd_mm": float(surface_sum / (surface_to_prediction.size + surface_to_truth.size)),
+        "hd95_voxels_mm": _percentile_hausdorff(to_prediction, to_truth),
+    }
 
 
 def _check_spacing(spacing: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -143,23 +186,20 @@ def segmentation_metrics(
     n_prediction = int(prediction.sum())
     n_both = int((truth & prediction).sum())
     if n_truth == 0 and n_prediction == 0:
-        return dict(zip(METRICS, (1.0, 0.0, 0.0, 1.0, 1.0, 0.0)))
+        values = {"dsc": 1.0, "sensitivity": 1.0, "precision": 1.0, "avd": 0.0, **dict.fromkeys(DISTANCES, 0.0)}
+        return {name: values[name] for name in METRICS}
     if n_truth == 0 or n_prediction == 0:
-        bahd = hd95 = float("inf")
+        distances = dict.fromkeys(DISTANCES, float("inf"))
     else:
-        to_prediction, to_truth = _set_distances(truth, prediction, spacing)
-        bahd = float((to_prediction.sum() + to_truth.sum()) / (2 * n_truth))
-        # numpy.percentile's default method: linear interpolation between order statistics.
-        hd95 = float(max(np.percentile(to_prediction, HD_PERCENTILE), np.percentile(to_truth, HD_PERCENTILE)))
-    values = (
-        _ratio(2 * n_both, n_truth + n_prediction),
-        bahd,
-        hd95,
-        _ratio(n_both, n_truth),
-        _ratio(n_both, n_prediction),
-        _ratio(abs(n_prediction - n_truth), n_truth),
-    )
-    return dict(zip(METRICS, values))
+        distances = _distance_metrics(truth, prediction, spacing)
+    values = {
+        "dsc": _ratio(2 * n_both, n_truth + n_prediction),
+        "sensitivity": _ratio(n_both, n_truth),
+        "precision": _ratio(n_both, n_prediction),
+        "avd": _ratio(abs(n_prediction - n_truth), n_truth),
+        **distances,
+    }
+    return {name: values[name] for name in METRICS}
 
 
 def _binary_data(img: nib.Nifti1Image, path: Path, what: str, allow_empty: bool) -> np.ndarray:

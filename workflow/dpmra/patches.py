@@ -122,7 +122,17 @@ def scale_to_unit_range(images: np.ndarray) -> np.ndarray:
     return rescale_patches(images, -1.0, 1.0)
 
 
-def training_set(patch_files: list[Path], out: Path, gallery: Path, gallery_size: int = 8) -> np.ndarray:
+def scale_volume_to_unit_range(images: np.ndarray) -> np.ndarray:
+    """The volume's 0..255 scale mapped linearly to [-1, 1] (image / 127.5 - 1): one scale for every patch."""
+    return (np.asarray(images, dtype=np.float32) / 127.5 - 1.0).clip(-1.0, 1.0)
+
+
+INTENSITY_RULES = {"volume": scale_volume_to_unit_range, "per_patch": scale_to_unit_range}
+
+
+def training_set(
+    patch_files: list[Path], out: Path, gallery: Path, gallery_size: int = 8, intensity: str = "volume"
+) -> np.ndarray:
     """GAN training pairs (N, 2, P, P): channel 0 image in [-1, 1], channel 1 label in {-1, 1} (tanh range).
 
     ``patient`` (N,) holds each pair's patient as its index in ``patch_files`` (for the patient privacy unit).
@@ -130,11 +140,13 @@ def training_set(patch_files: list[Path], out: Path, gallery: Path, gallery_size
     Also writes a gallery of the first vessel-centred and random patches for the report.
     """
     parts = [load_patches(p) for p in patch_files]
-    images = np.concatenate([scale_to_unit_range(p.image) for p in parts])
+    if intensity not in INTENSITY_RULES:
+        raise ValueError(f"intensity must be one of {', '.join(INTENSITY_RULES)}, got {intensity!r}")
+    images = np.concatenate([INTENSITY_RULES[intensity](p.image) for p in parts])
     labels = np.concatenate([p.label for p in parts]).astype(np.float32) * 2 - 1
     x = np.stack([images, labels], axis=1)
     patient = np.concatenate([np.full(len(p.image), k, dtype=np.int32) for k, p in enumerate(parts)])
-    write_atomic(out, lambda tmp: np.savez(tmp, x=x, patient=patient))
+    write_atomic(out, lambda tmp: np.savez(tmp, x=x, patient=patient, intensity=np.array(intensity)))
 
     kind = np.concatenate([p.kind for p in parts])
     half = gallery_size // 2

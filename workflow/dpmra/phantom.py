@@ -98,6 +98,17 @@ SITES: dict[str, Site] = {
         noise_sigma=12.0,
         bias_strength=0.18,
     ),
+    # A public cohort for warm starts: another scanner (coarser in-plane, thicker slices, darker tissue, brighter
+    # vessels), so that pretraining on it is not training on the private sites' domain.
+    "C": Site(
+        name="C",
+        spacing_mm=(0.7, 0.7, 0.9),
+        shape=(136, 136, 50),
+        brain_intensity=90.0,
+        vessel_contrast=3.6,
+        noise_sigma=8.0,
+        bias_strength=0.25,
+    ),
 }
 
 

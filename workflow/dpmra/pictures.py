@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
@@ -24,13 +25,25 @@ def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".")))
 
 
+def mip_extent(affine: np.ndarray, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """imshow extent in mm of an axial projection (rows: array axis 1, columns: array axis 0), for any affine.
+
+    The pixel sizes are the voxel sizes along the first two array axes (the lengths of the affine's first two
+    columns, not its diagonal, which shrinks under rotation) and the origin is the first voxel's position along
+    those two directions: an oblique volume is shown at true size in its own in-plane frame, and for an
+    unrotated one that frame is world x and y.
+    """
+    affine = np.asarray(affine, dtype=float)
+    sx, sy = nib.affines.voxel_sizes(affine)[:2]
+    x0, y0 = (affine[:3, :2] / (sx, sy)).T @ affine[:3, 3]
+    return (x0 - sx / 2, x0 + (shape[1] - 0.5) * sx, y0 - sy / 2, y0 + (shape[0] - 0.5) * sy)
+
+
 def save_mip(image: np.ndarray, label: np.ndarray, affine: np.ndarray, path: Path, title: str) -> None:
     """Axial maximum-intensity projections in mm: the image, and the image with the label MIP in red."""
     mip = image.max(axis=2).T
     label_mip = np.ma.masked_equal(label.max(axis=2).T, 0)
-    sx, sy = np.abs(np.diag(affine)[:2])
-    x0, y0 = affine[:2, 3]
-    extent = (x0 - sx / 2, x0 + (mip.shape[1] - 0.5) * sx, y0 - sy / 2, y0 + (mip.shape[0] - 0.5) * sy)
+    extent = mip_extent(affine, mip.shape)
     vmax = float(np.percentile(mip, 99.5))
     fig = new_figure(figsize=(10, 5.4))
     axes = fig.subplots(1, 2)

@@ -1,11 +1,14 @@
-"""Whole-volume prediction with a trained U-Net: tiling, batched inference, NIfTI outputs, error maps.
+"""Whole-volume prediction with a trained U-Net: sliding-window inference, NIfTI outputs, error maps.
 
-Each axial slice's brain bounding box is tiled with P x P patches, the last tile along an axis
-shifted back to end at the box edge (overlaps averaged); slices narrower than P are
-zero-padded at the far edge (0 = the volumes' darkest intensity) and cropped back. Patches
-from all slices go through the network in batches. Tiling runs on the model's device: the
-volume is uploaded once, patches are gathered and probabilities accumulated there by flat
-voxel indices, so a GPU is not left waiting for host-side copies of every patch.
+Each axial slice's brain bounding box (grown to at least P x P where smaller) is covered by P x P
+windows that overlap by `overlap` (default 0.5), placed as MONAI's `sliding_window_inference`
+places them: every int(P (1 - overlap)) voxels, the last shifted back to end at the box edge. The
+windows' probabilities are blended with MONAI's Gaussian weights (sigma P / 8, floored at 1e-3),
+so a window's borders, where a U-Net sees the least context, barely count and tile borders leave
+no seam. Slices narrower than P are zero-padded at the far edge (0 = the volumes' darkest
+intensity) and cropped back. Windows from all slices go through the network in batches on the
+model's device: the volume is uploaded once, windows are gathered and weighted probabilities
+accumulated there by flat voxel indices, so a GPU is not left waiting for host-side copies.
 
 One call predicts a list of prepared patients with one loaded model (one job per U-Net and
 split in the workflow), writing per patient the probability map, the binary segmentation,
@@ -60,30 +63,68 @@ def load_model(path: Path, device: torch.device | None = None) -> tuple[UNet, fl
     return model.to(device or default_device()).eval(), float(stored["mean"]), float(stored["std"])
 
 
-def axis_starts(start: int, stop: int, size: int) -> list[int]:
-    """Tile starts covering [start, stop) with `size`-long tiles inside [0, max(stop, size)).
-
-    Tiles are laid from `start`; the last is shifted back to end at `stop` (or to begin at 0
-    when the range is shorter than a tile), so the fewest tiles, ceil((stop - start) / size), cover it.
-    """
-    count = math.ceil((stop - start) / size)
-    return [max(0, min(start + k * size, stop - size)) for k in range(count)]
+DEFAULT_OVERLAP = 0.5
+"""Share of a window's side that neighbouring windows overlap by: half, nnU-Net's step (MONAI's default is 0.25)."""
+SIGMA_SCALE = 0.125
+"""Standard deviation of the Gaussian blending weights as a share of the window side (MONAI's default)."""
+MIN_WEIGHT = 1e-3
+"""Floor of the blending weights (MONAI's), so every voxel a window covers has a positive weight."""
 
 
-def slice_tiles(mask_slice: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """(x, y) origins of the size x size tiles covering a 2D slice's brain bounding box (none if no brain)."""
+def scan_interval(size: int, overlap: float) -> int:
+    """Voxels between neighbouring window starts: int(size (1 - overlap)), at least 1, as MONAI computes it."""
+    return max(int(size * (1 - overlap)), 1)
+
+
+def axis_windows(start: int, stop: int, size: int, interval: int) -> list[int]:
+    """Window starts covering [start, stop) (at least `size` long): every `interval`, the last ending at `stop`."""
+    count = math.ceil((stop - start - size) / interval) + 1
+    return [start + min(k * interval, stop - start - size) for k in range(count)]
+
+
+def axis_region(low: int, high: int, size: int, length: int) -> tuple[int, int]:
+    """[low, high) grown about its centre to at least `size` voxels, kept inside [0, length) (length >= size)."""
+    if high - low >= size:
+        return low, high
+    start = min(max(low - (size - (high - low)) // 2, 0), length - size)
+    return start, start + size
+
+
+def slice_region(mask_slice: np.ndarray, size: int) -> tuple[int, int, int, int] | None:
+    """(x0, x1, y0, y1) of a 2D slice's brain bounding box grown to at least size x size; None if no brain."""
     xs, ys = np.nonzero(mask_slice)
     if xs.size == 0:
+        return None
+    x0, x1 = axis_region(int(xs.min()), int(xs.max()) + 1, size, mask_slice.shape[0])
+    y0, y1 = axis_region(int(ys.min()), int(ys.max()) + 1, size, mask_slice.shape[1])
+    return x0, x1, y0, y1
+
+
+def slice_windows(mask_slice: np.ndarray, size: int, overlap: float) -> list[tuple[int, int]]:
+    """(x, y) origins of the overlapping size x size windows covering a slice's brain region (none if no brain)."""
+    region = slice_region(mask_slice, size)
+    if region is None:
         return []
-    x_starts = axis_starts(int(xs.min()), int(xs.max()) + 1, size)
-    y_starts = axis_starts(int(ys.min()), int(ys.max()) + 1, size)
-    return [(x, y) for x in x_starts for y in y_starts]
+    x0, x1, y0, y1 = region
+    interval = scan_interval(size, overlap)
+    return [(x, y) for x in axis_windows(x0, x1, size, interval) for y in axis_windows(y0, y1, size, interval)]
 
 
-def volume_tiles(mask: np.ndarray, size: int) -> np.ndarray:
-    """(n, 3) int array of tile origins (x, y, z), slice by slice along the third (axial) axis."""
-    tiles = [(x, y, z) for z in range(mask.shape[2]) for x, y in slice_tiles(mask[:, :, z], size)]
-    return np.array(tiles, dtype=np.int64).reshape(-1, 3)
+def volume_windows(mask: np.ndarray, size: int, overlap: float) -> np.ndarray:
+    """(n, 3) int array of window origins (x, y, z), slice by slice along the third (axial) axis."""
+    windows = [(x, y, z) for z in range(mask.shape[2]) for x, y in slice_windows(mask[:, :, z], size, overlap)]
+    return np.array(windows, dtype=np.int64).reshape(-1, 3)
+
+
+def gaussian_weights(size: int, device: torch.device) -> Tensor:
+    """(size, size) blending weights equal to MONAI's compute_importance_map(mode="gaussian", sigma_scale=0.125).
+
+    Written here because MONAI is not a dependency of the workflow; the tests compare the two.
+    """
+    offsets = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    profile = torch.exp(offsets**2 / (-2 * (SIGMA_SCALE * size) ** 2))
+    weights = profile[:, None] * profile[None, :]
+    return weights.clamp(min=max(float(weights.min()), MIN_WEIGHT))
 
 
 def pad_slices(volume: np.ndarray, size: int) -> np.ndarray:
@@ -93,10 +134,10 @@ def pad_slices(volume: np.ndarray, size: int) -> np.ndarray:
 
 
 def tile_indices(origins: Tensor, shape: tuple[int, int, int], size: int) -> Tensor:
-    """(n, size, size) flat C-order indices into a volume of `shape` of the tiles at `origins` (n, 3).
+    """(n, size, size) flat C-order indices into a volume of `shape` of the windows at `origins` (n, 3).
 
-    Written by hand because torch's unfold works on regular strides only, and the last tile of
-    each axis is shifted back to the box edge.
+    Written by hand because torch's unfold works on one regular grid only, and windows here follow
+    each slice's own brain box.
     """
     _, ny, nz = shape
     offsets = torch.arange(size, device=origins.device)
@@ -107,29 +148,42 @@ def tile_indices(origins: Tensor, shape: tuple[int, int, int], size: int) -> Ten
 
 @torch.inference_mode()
 def predict_probability(
-    segmenter: Segmenter, image: np.ndarray, brain_mask: np.ndarray, patch_size: int, batch_size: int
+    segmenter: Segmenter,
+    image: np.ndarray,
+    brain_mask: np.ndarray,
+    patch_size: int,
+    batch_size: int,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> np.ndarray:
-    """Vessel probability per voxel: tiled patches through the model in batches, overlaps averaged, 0 off-brain."""
+    """Vessel probability per voxel: overlapping windows through the model in batches, Gaussian-blended, 0 off-brain."""
     device = next(segmenter.model.parameters(), torch.empty(0)).device
     padded = pad_slices(image, patch_size)
-    origins = torch.from_numpy(volume_tiles(pad_slices(brain_mask, patch_size), patch_size)).to(device)
+    origins = volume_windows(pad_slices(brain_mask, patch_size), patch_size, overlap)
+    origins = torch.from_numpy(origins).to(device)
     voxels = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32)).to(device).reshape(-1)
     voxels = (voxels - segmenter.mean) / segmenter.std
+    weights = gaussian_weights(patch_size, device)
     total = torch.zeros_like(voxels)
-    count = torch.zeros_like(voxels)
+    weight_sum = torch.zeros_like(voxels)
     for start in tqdm(range(0, len(origins), batch_size), desc="predicting", leave=False):
         index = tile_indices(origins[start : start + batch_size], padded.shape, patch_size)
         probs = segmenter.model(voxels[index].unsqueeze(1))[:, 0]
-        total.index_add_(0, index.reshape(-1), probs.reshape(-1))
-        count.index_add_(0, index.reshape(-1), torch.ones_like(probs).reshape(-1))
-    probability = torch.where(count > 0, total / count.clamp(min=1), 0).reshape(padded.shape).cpu().numpy()
+        total.index_add_(0, index.reshape(-1), (probs * weights).reshape(-1))
+        weight_sum.index_add_(0, index.reshape(-1), weights.expand_as(probs).reshape(-1))
+    # Every covered voxel has a weight sum of at least MIN_WEIGHT; the clamp only guards uncovered ones.
+    blended = torch.where(weight_sum > 0, total / weight_sum.clamp(min=MIN_WEIGHT), 0)
+    probability = blended.reshape(padded.shape).cpu().numpy()
     nx, ny, _ = image.shape
     return np.where(brain_mask > 0, probability[:nx, :ny], 0).astype(np.float32)
 
 
-def error_map(segmentation: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """uint8 codes per voxel: 0 true negative, 1 true positive, 2 false positive, 3 false negative."""
-    predicted, truth = segmentation > 0, label > 0
+def error_map(segmentation: np.ndarray, label: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
+    """uint8 codes per voxel: 0 true negative, 1 true positive, 2 false positive, 3 false negative.
+
+    Voxels outside the brain mask are background in both volumes (code 0), as the metrics score them.
+    """
+    inside = brain_mask > 0
+    predicted, truth = (segmentation > 0) & inside, (label > 0) & inside
     codes = np.full(segmentation.shape, TN, dtype=np.uint8)
     codes[predicted & truth] = TP
     codes[predicted & ~truth] = FP
@@ -137,7 +191,7 @@ def error_map(segmentation: np.ndarray, label: np.ndarray) -> np.ndarray:
     return codes
 
 
-def check_arguments(patch_size: int, threshold: float, batch_size: int) -> None:
+def check_arguments(patch_size: int, threshold: float, batch_size: int, overlap: float) -> None:
     """ValueError naming the first prediction argument out of range."""
     if patch_size < 1 or patch_size % MULTIPLE:
         raise ValueError(f"patch_size must be a positive multiple of {MULTIPLE}, got {patch_size}")
@@ -145,6 +199,8 @@ def check_arguments(patch_size: int, threshold: float, batch_size: int) -> None:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
 
 
 def predict_volume(
@@ -157,13 +213,14 @@ def predict_volume(
     threshold: float = 0.5,
     batch_size: int = 64,
     original_affine: np.ndarray | None = None,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> dict[str, Path]:
     """Segment a prepared (RAS, 0..255) volume; write probability, segmentation and (with a label) error map.
 
-    All outputs carry the image's affine. Label voxels outside the brain mask count as false negatives.
+    All outputs carry the image's affine; the error map is scored inside the brain mask, as the metrics.
     With the input's `original_affine` (volume.json), also the segmentation in that orientation.
     """
-    check_arguments(patch_size, threshold, batch_size)
+    check_arguments(patch_size, threshold, batch_size, overlap)
     image_img = load_nifti(image)
     mask_img = load_nifti(brain_mask)
     check_same_grid(image_img, image, mask_img, brain_mask)
@@ -171,7 +228,7 @@ def predict_volume(
     if not mask.any():
         raise VolumeError(f"{brain_mask}: the brain mask is empty")
     volume = np.asarray(image_img.dataobj, dtype=np.float32)
-    probability = predict_probability(segmenter, volume, mask, patch_size, batch_size)
+    probability = predict_probability(segmenter, volume, mask, patch_size, batch_size, overlap)
     segmentation = (probability >= threshold).astype(np.uint8)
 
     out_dir = Path(out_dir)
@@ -188,7 +245,7 @@ def predict_volume(
         check_same_grid(image_img, image, label_img, label)
         truth = binary_values(np.asarray(label_img.dataobj), label, "vessel label")
         paths["error_map"] = out_dir / "error_map.nii.gz"
-        save_nifti(error_map(segmentation, truth), affine, paths["error_map"])
+        save_nifti(error_map(segmentation, truth, mask), affine, paths["error_map"])
     logger.info(
         "%s: %d of %d brain voxels segmented (threshold %g) -> %s",
         image, int(segmentation.sum()), int(mask.sum()), threshold, out_dir,
@@ -221,6 +278,7 @@ def predict_patients(
     patch_size: int,
     threshold: float = 0.5,
     batch_size: int = 64,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> None:
     """Segment prepared patients (`data_dir/<patient>/`, as `dpmra prepare` writes them) with one loaded model.
 
@@ -228,7 +286,7 @@ def predict_patients(
     segmentation_native and error_map (.nii.gz); the native segmentation uses the
     original affine stored in the patient's volume.json.
     """
-    check_arguments(patch_size, threshold, batch_size)
+    check_arguments(patch_size, threshold, batch_size, overlap)
     missing = [p for p in patients if not (Path(data_dir) / p / "volume.json").is_file()]
     if missing:
         raise FileNotFoundError(f"{data_dir}: no prepared volume (volume.json) for patients {', '.join(missing)}")
@@ -245,4 +303,5 @@ def predict_patients(
             threshold,
             batch_size,
             np.array(json.loads((folder / "volume.json").read_text())["original_affine"]),
+            overlap,
         )

@@ -86,7 +86,7 @@ def load_release(generator_path: Path) -> dict:
     stored = checkpoint.load(generator_path)
     needed = {
         "state_dict", "config", "epsilon", "delta", "epochs", "critic_steps", "sample_rate", "params",
-        "training_set_size", "unit", "units", "max_patches_per_patient",
+        "training_set_size", "unit", "units", "max_patches_per_patient", "intensity",
     }
     missing = sorted(needed - set(stored))
     if missing:
@@ -100,9 +100,24 @@ def generate(stored: dict, n: int, seed: int) -> np.ndarray:
     return sample_pairs(build_generator(stored["config"], stored["state_dict"], device), n, seed, batch_size=512)
 
 
-def to_dataset(pairs: np.ndarray, label_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's post-processing: image min-max to 0..255 per patch (float32), label binarised (uint8)."""
-    image = rescale_patches(pairs[:, 0], 0.0, 255.0)
+IMAGE_SCALING = {
+    "volume": "the generator's [-1, 1] mapped linearly to the volumes' 0..255 scale, as the real patches",
+    "per_patch": "per-patch min-max to 0..255 (the paper's)",
+}
+
+
+def to_dataset(pairs: np.ndarray, label_threshold: float, intensity: str = "volume") -> tuple[np.ndarray, np.ndarray]:
+    """Image back on the scale the GAN was trained on (float32 0..255), label binarised (uint8).
+
+    ``volume``: (x + 1) * 127.5, the inverse of the training map, so synthetic and real patches share one scale;
+    ``per_patch``: the paper's per-patch min-max to 0..255.
+    """
+    if intensity not in IMAGE_SCALING:
+        raise ValueError(f"intensity must be one of {', '.join(IMAGE_SCALING)}, got {intensity!r}")
+    if intensity == "volume":
+        image = ((pairs[:, 0] + 1.0) * 127.5).clip(0.0, 255.0).astype(np.float32)
+    else:
+        image = rescale_patches(pairs[:, 0], 0.0, 255.0)
     label = ((pairs[:, 1] + 1) / 2 > label_threshold).astype(np.uint8)
     return image, label
 
@@ -135,14 +150,16 @@ class Validation:
 
 
 def epoch_generators(run_dir: Path) -> list[tuple[int, dict]]:
-    """(epoch, {"config", "state_dict"}) of every epoch checkpoint of a GAN run, in epoch order."""
+    """(epoch, {"config", "state_dict"}) of every epoch checkpoint of a GAN run, in epoch order (the weights
+    that epoch would release: the moving average where the run keeps one)."""
     paths = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
     if not paths:
         raise ValueError(f"{run_dir / 'checkpoints'}: no epoch checkpoints to choose from")
     generators = []
     for path in paths:
         state = checkpoint.load(path)
-        generators.append((state["epoch"], {"config": state["generator_config"], "state_dict": state["generator"]}))
+        weights = state["ema_generator"] if state.get("ema_generator") is not None else state["generator"]
+        generators.append((state["epoch"], {"config": state["generator_config"], "state_dict": weights}))
     return generators
 
 
@@ -153,12 +170,13 @@ def choose_by_validation(run_dir: Path, release: ReleaseParams, validation: Vali
     Reads the run's checkpoints and held-out patches only: no training data outside the accounted training.
     """
     backbone = resolve_backbone(validation.backbone, validation.weights)
+    intensity = load_release(run_dir / "generator.pt")["intensity"]
     real = load_images(validation.patches)
     real = real[np.random.default_rng(release.seed).permutation(len(real))[: release.selection_samples]]
     real_stats = feature_statistics(extract_features(real, backbone, validation.weights))
     scores, generators = [], {}
     for epoch, stored in epoch_generators(run_dir):
-        image, _ = to_dataset(generate(stored, len(real), release.seed), release.label_threshold)
+        image, _ = to_dataset(generate(stored, len(real), release.seed), release.label_threshold, intensity)
         fd = frechet_distance(*feature_statistics(extract_features(image, backbone, validation.weights)), *real_stats)
         scores.append({"epoch": epoch, "fd": fd, "fd_backbone": backbone_name(backbone), "n": len(real)})
         generators[epoch] = stored
@@ -204,6 +222,12 @@ def guarantee(stored: dict) -> dict:
     """The guarantee per patch and per patient, with a statement in plain words."""
     eps, delta, unit = stored["epsilon"]["epsilon_rdp"], stored["delta"], stored["unit"]
     k = stored["max_patches_per_patient"]
+    if stored["params"].get("public"):
+        statement = (
+            "PUBLIC DATA ONLY: the generator was trained on a training set declared public and never saw the "
+            "private cohort; it carries no information about any private patient (epsilon 0)."
+        )
+        return {"unit": unit, "per_patch": _bound(0.0, 0.0), "per_patient": _bound(0.0, 0.0), "statement": statement}
     if math.isinf(eps):
         statement = (
             "NOT PRIVATE: the generator was trained without differential privacy (sigma = inf); the data may "
@@ -230,10 +254,23 @@ def guarantee(stored: dict) -> dict:
     return {"unit": unit, "per_patch": _bound(eps, delta), "per_patient": per_patient, "statement": statement}
 
 
+def public_pretraining(stored: dict) -> dict | None:
+    """What was public: the warm start the run began from (None without one)."""
+    pretrained = stored.get("pretrained")
+    if not pretrained:
+        return None
+    return {
+        **pretrained,
+        "statement": f"generator and critic started from weights trained without noise for {pretrained['epochs']} "
+        f"epochs on a public training set of {pretrained['training_set_size']} pairs (not private data; it needs "
+        "and has no guarantee); epsilon covers the private training that followed",
+    }
+
+
 def card_warnings(stored: dict) -> list[str]:
     """What a steward must read before sharing: no privacy, the paper's delta, the paper's loop."""
     warnings = []
-    if math.isinf(stored["epsilon"]["epsilon_rdp"]):
+    if math.isinf(stored["epsilon"]["epsilon_rdp"]) and not stored["params"].get("public"):
         warnings.append("trained without differential privacy (sigma = inf)")
     paper_delta = delta_warning(stored["delta"], stored["units"])
     if paper_delta:
@@ -258,6 +295,7 @@ def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str, scores
         "epsilon": {name.removeprefix("epsilon_"): _json_epsilon(v) for name, v in stored["epsilon"].items()},
         "delta": stored["delta"],
         "guarantee": guarantee(stored),
+        "public_pretraining": public_pretraining(stored),
         "warnings": card_warnings(stored),
         "secret": SECRET,
         "accountants": "rdp: Renyi DP of the Poisson-subsampled Gaussian (the paper's orders); "
@@ -276,7 +314,7 @@ def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str, scores
             "n": release.n,
             "label_threshold": release.label_threshold,
             "sampling_seed": release.seed,
-            "image_scaling": "per-patch min-max to 0..255",
+            "image_scaling": IMAGE_SCALING[stored["intensity"]],
         },
         "config_digest": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
         "code_version": code_version(),
@@ -310,7 +348,9 @@ def release_dataset(
             raise ValueError("checkpoint 'val_fd' needs the validation patients' patch files")
         generator, scores = choose_by_validation(Path(generator_path).parent, release, validation)
     log.info("%s: sampling %d pairs (sampling seed %d)", dataset_name, release.n, release.seed)
-    image, label = to_dataset(generate(generator, release.n, release.seed), release.label_threshold)
+    image, label = to_dataset(
+        generate(generator, release.n, release.seed), release.label_threshold, stored["intensity"]
+    )
     write_atomic(out_dir / "dataset.npz", lambda tmp: np.savez_compressed(tmp, image=image, label=label))
     write_stack(image, out_dir / "images.nii.gz")
     write_stack(label * 255, out_dir / "labels.nii.gz")

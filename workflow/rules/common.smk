@@ -18,7 +18,9 @@ def load_patients() -> pd.DataFrame:
     """The cohort: phantom patients from the config, or the validated manifest."""
     data = config["data"]
     if data["source"] == "phantom":
-        return phantom_table(data["phantom"]["splits"], data["phantom"]["seed"])
+        return phantom_table(
+            data["phantom"]["splits"], data["phantom"]["seed"], data["phantom"]["public"]
+        )
     table = read_manifest(data["manifest"])
     validate(table, schema="../schemas/samples.schema.yaml")
     return check_manifest(table, data["manifest"])
@@ -47,8 +49,14 @@ AUDIT = config["audit"]
 QUALITY_TEST_PATIENTS = patients_in("test") or patients_in("val")
 UNET = config["unet"]
 SETTINGS = unet_settings(UNET)
-# U-Net training sources: the real train patches and every released synthetic dataset.
-UNET_SOURCES = ["real", *GAN_SOURCES]
+PRETRAIN = GAN["pretrain"]
+if PRETRAIN["set"] == "phantom" and not patients_in("public"):
+    raise ValueError("gan.pretrain.set is phantom but data.phantom.public lists no patients")
+# The warm start's public training set: built from the public phantom cohort, or a file the config names.
+PUBLIC_SET = "results/patches/public_set.npz" if PRETRAIN["set"] == "phantom" else PRETRAIN["set"]
+WARM_START = "results/gan/public/generator.pt" if PUBLIC_SET else None
+# U-Net training sources: the real train patches, every released synthetic dataset, and the warm start alone.
+UNET_SOURCES = ["real", *GAN_SOURCES, *(["public"] if WARM_START else [])]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
 # A prepared patient as an input: `dpmra prepare` writes volume.json last, after the image, label and
 # brain mask next to it, so it stands for all four. One file per patient instead of four keeps the
@@ -60,7 +68,7 @@ wildcard_constraints:
     patient="|".join(patients.index),
     sigma=r"inf|[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
-    source=r"real|sigma~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
+    source=r"real|public|sigma~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
     setting=r"lr-[^/]+_dropout-[^/]+_augment-(on|off)",
     split="|".join(EVAL_SPLITS),
 
@@ -90,9 +98,28 @@ def phantom_shape_argument(wildcards) -> str:
     return "--shape " + " ".join(map(str, shape)) if shape else ""
 
 
-def delta_argument(wildcards) -> str:
-    """`--delta D` where the config sets delta (a number or 1/N); none lets training use 1 / (10 N) rounded down."""
-    return f"--delta {GAN['delta']}" if GAN["delta"] else ""
+def gan_options(epochs: int, unit: str) -> str:
+    """The `dpmra train-gan` options every GAN run shares: the config's gan section and the privacy unit."""
+    options = (
+        f"--epochs {epochs} --batch-size {GAN['batch_size']} --n-critic {GAN['n_critic']} --lr {GAN['lr']} "
+        f"--optimizer {GAN['optimizer']} --beta1 {GAN['beta1']} --ema {GAN['ema']} --clipping {GAN['clipping']} "
+        f"--clip-weight {GAN['clip_weight']} --max-grad-norm {GAN['max_grad_norm']} --width {GAN['width']} "
+        f"--latent-dim {GAN['latent_dim']} --mode {GAN['mode']} --unit {unit} "
+        f"--patient-batch {PRIVACY['patient_batch']} --patient-patches {PRIVACY['patient_patches']}"
+    )
+    if GAN["lr_generator"]:
+        options += f" --lr-generator {GAN['lr_generator']}"
+    if GAN["delta"]:  # a number or 1/N; none lets training use 1 / (10 N) rounded down
+        options += f" --delta {GAN['delta']}"
+    return options
+
+
+def gan_inputs(wildcards) -> dict[str, str]:
+    """A GAN run's training set and key, and the public run it warm-starts from where the config has one."""
+    inputs = {"train_set": "results/patches/train_set.npz", "secret": PRIVACY["secret"]}
+    if WARM_START:
+        inputs["warm_start"] = WARM_START
+    return inputs
 
 
 def gan_runs(pattern: str) -> list[str]:
@@ -191,6 +218,7 @@ def all_targets() -> list[str]:
         *gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),
         "results/tables/quality.tsv",
         "results/tables/audit.tsv",
+        *dp_audit_targets(),
         "results/quality/tsne.tsv",
         "results/patches/train_set.npz",
         "results/patches/gallery.png",

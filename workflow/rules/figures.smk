@@ -296,7 +296,7 @@ rule audit_figure:
             caption="../report/fig_audit.rst",
             category="Contains patient data",
             subcategory="Privacy: figures",
-            labels={"figure": "privacy audit against epsilon"},
+            labels={"figure": "memorisation check against epsilon"},
         ),
         pdf="results/figures/audit.pdf",
     log:
@@ -423,7 +423,7 @@ rule audit_html:
             caption="../report/table_audit.rst",
             category="Contains patient data",
             subcategory="Privacy: tables",
-            labels={"table": "privacy audit per synthetic dataset"},
+            labels={"table": "memorisation check per synthetic dataset"},
         ),
     log:
         "results/logs/figures/audit_html.log",

@@ -11,8 +11,7 @@ rule secret_key:
 
 rule gan:
     input:
-        train_set="results/patches/train_set.npz",
-        secret=PRIVACY["secret"],
+        unpack(gan_inputs),
     output:
         generator="results/gan/sigma~{sigma}/seed~{seed}/generator.pt",
         epochs="results/gan/sigma~{sigma}/seed~{seed}/epochs.tsv",
@@ -49,24 +48,12 @@ rule gan:
         runtime=2880,
         gpu=1,
     params:
-        epochs=GAN["epochs"],
-        batch_size=GAN["batch_size"],
-        n_critic=GAN["n_critic"],
-        lr=GAN["lr"],
-        clip_weight=GAN["clip_weight"],
-        max_grad_norm=GAN["max_grad_norm"],
-        width=GAN["width"],
-        latent_dim=GAN["latent_dim"],
-        mode=GAN["mode"],
-        delta=delta_argument,
-        unit=PRIVACY["unit"],
-        patient_batch=PRIVACY["patient_batch"],
-        patient_patches=PRIVACY["patient_patches"],
+        options=gan_options(GAN["epochs"], PRIVACY["unit"]),
+        warm_start=lambda wildcards, input: (
+            f"--pretrained {input.warm_start}" if "warm_start" in input.keys() else ""
+        ),
         out_dir=lambda wildcards, output: os.path.dirname(output.generator),
     shell:
-        "dpmra train-gan --train-set {input.train_set} --secret {input.secret} --sigma {wildcards.sigma} --seed {wildcards.seed} "
-        "--epochs {params.epochs} --batch-size {params.batch_size} --n-critic {params.n_critic} "
-        "--lr {params.lr} --clip-weight {params.clip_weight} --max-grad-norm {params.max_grad_norm} "
-        "--width {params.width} --latent-dim {params.latent_dim} --mode {params.mode} {params.delta} "
-        "--unit {params.unit} --patient-batch {params.patient_batch} --patient-patches {params.patient_patches} "
+        "dpmra train-gan --train-set {input.train_set} --secret {input.secret} {params.warm_start} "
+        "--sigma {wildcards.sigma} --seed {wildcards.seed} {params.options} "
         "--threads {threads} --out {params.out_dir} > {log} 2>&1"

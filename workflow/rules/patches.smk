@@ -45,5 +45,7 @@ rule training_set:
     params:
         size=PATCHES["size"],
         per_patient=PATCHES["per_patient"],
+        intensity=GAN["intensity"],
     shell:
-        "dpmra training-set {input} --out {output.train_set} --gallery {output.gallery} > {log} 2>&1"
+        "dpmra training-set {input} --intensity {params.intensity} --out {output.train_set} "
+        "--gallery {output.gallery} > {log} 2>&1"

@@ -55,7 +55,8 @@ rule predict:
         patients=lambda wildcards: patients_in(wildcards.split),
         size=PATCHES["size"],
         threshold=UNET["threshold"],
+        overlap=UNET["overlap"],
     shell:
         "dpmra predict --model {input.model} --data results/data --patients {params.patients} "
-        "--patch-size {params.size} --threshold {params.threshold} --threads {threads} "
-        "--out {output} > {log} 2>&1"
+        "--patch-size {params.size} --threshold {params.threshold} --overlap {params.overlap} "
+        "--threads {threads} --out {output} > {log} 2>&1"

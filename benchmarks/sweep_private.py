@@ -1,0 +1,181 @@
+"""Sweep of DP-WGAN recipes on the default cohort: which settings let private synthetic data train a U-Net.
+
+Each setting is trained to a target epsilon (sigma solved by the RDP accountant, delta = 1/(10 N) rounded down;
+epsilon 0 releases a warm-start setting's public generator alone, without private training),
+released, used to train the default U-Net, and scored on the *validation* patients only (test and external
+patients are for the final numbers, never for choosing a recipe). Prints one table (and appends each row to
+``OUT/sweep.tsv``, so a killed sweep resumes): setting -> eps, sigma, critic steps, GAN minutes, Frechet
+distance to the validation patches (random-CNN features), validation DSC.
+
+    python benchmarks/sweep_private.py --base results --out /tmp/sweep [--only NAME ...] [--epsilons 10 2]
+
+``--base`` is a finished default run (its ``data/`` and the train and val patients' prepared volumes are read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpmra.evaluate import score_split
+from dpmra.features import RANDOM_CNN, extract_features, feature_statistics, frechet_distance
+from dpmra.gan import GanParams, train_gan
+from dpmra.intensity import load_images
+from dpmra.patches import patient_patches, training_set
+from dpmra.plan import sampling, sigma_for_epsilon
+from dpmra.predict import predict_patients
+from dpmra.segment import UnetParams, train_unet
+from dpmra.synth import ReleaseParams, release_dataset
+
+PATCH = 32
+BASE = GanParams(epochs=17, batch_size=32, n_critic=5, lr=5e-4, width_g=16, width_d=16)
+UNET = UnetParams(lr=1e-3, dropout=0.0, augment=False, batch_size=32, epochs=8, base_width=8, seed=0)
+ADAM = dict(optimizer="adam", beta1=0.5, lr=2e-4, ema=0.99)
+SMALL = dict(width_g=8, width_d=8)
+
+# name -> (patches per patient, intensity scale of the GAN, GanParams overrides, warm-start epochs or 0)
+SETTINGS: dict[str, tuple[int, str, dict, int]] = {
+    "default": (200, "per_patch", {}, 0),
+    "volume-scale": (200, "volume", {}, 0),
+    "w8-b64": (200, "volume", dict(**SMALL, batch_size=64, epochs=10), 0),
+    "w8-b64-adam-ema": (200, "volume", dict(**SMALL, **ADAM, batch_size=64, epochs=10), 0),
+    "w8-b64-adam-ema-normclip": (200, "volume", dict(**SMALL, **ADAM, batch_size=64, epochs=10, clipping="normalised"), 0),
+    "w8-b128-nc20-adam-ema": (200, "volume", dict(**SMALL, **ADAM, batch_size=128, n_critic=20, epochs=3), 0),
+    "warm-w8-b64-adam-ema": (200, "volume", dict(**SMALL, **ADAM, batch_size=64, epochs=3), 60),
+    "warm-w8-b64-adam-ema-e1": (200, "volume", dict(**SMALL, **ADAM, batch_size=64, epochs=1), 60),
+    "warm-w8-b64-rmsprop": (200, "volume", dict(**SMALL, batch_size=64, epochs=3), 60),
+    "warm-w16-b32": (200, "volume", dict(epochs=3), 34),
+    "warm-w16-b32-e6": (200, "volume", dict(epochs=6), 34),
+    "warm-w16-b32-e1": (200, "volume", dict(epochs=1), 34),
+    "warm-w16-b32-lr1e-4": (200, "volume", dict(epochs=3, lr=1e-4), 34),
+}
+def cohort(base: Path) -> dict[str, list[str]]:
+    """The base run's train and val patients, from its prepared volumes' names (phantom site A, in order)."""
+    patients = sorted(p.name for p in (base / "data").iterdir() if (p / "volume.json").is_file())
+    site_a = [p for p in patients if p.startswith("A")]
+    return {"train": site_a[:6], "val": site_a[6:8]}
+
+
+def build_training_set(base: Path, out: Path, per_patient: int, intensity: str, train: list[str]) -> Path:
+    """Patches of the train patients (re-cut when per_patient differs) and the GAN training set."""
+    folder = out / f"patches-{per_patient}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for patient in train:
+        path = folder / f"{patient}.npz"
+        if not path.exists():
+            data = base / "data" / patient
+            patient_patches(patient, data / "image.nii.gz", data / "label.nii.gz", data / "brain_mask.nii.gz",
+                            per_patient, PATCH, 0, path)
+        files.append(path)
+    train_set = folder / f"train_set-{intensity}.npz"
+    if not train_set.exists():
+        training_set(files, train_set, folder / "gallery.png", intensity=intensity)
+    return train_set
+
+
+def warm_start(base: Path, out: Path, params: GanParams, epochs: int, secret: Path, intensity: str) -> Path:
+    """The public run (phantom site C, non-private) the private runs of one architecture start from."""
+    files = sorted((base / "patches").glob("C*.npz"))
+    if not files:
+        raise ValueError(f"{base / 'patches'}: no public (site C) patches; build results/patches/C00*.npz first")
+    public_set = out / f"public_set-{intensity}.npz"
+    if not public_set.exists():
+        training_set(files, public_set, out / "public_gallery.png", intensity=intensity)
+    public = replace(params, sigma=math.inf, epochs=epochs, public=True, unit="patch")
+    folder = out / "public" / run_digest(public)
+    if not (folder / "generator.pt").exists():
+        train_gan(public_set, folder, public, secret)
+    return folder / "generator.pt"
+
+
+def run_digest(params: GanParams) -> str:
+    """A short name for a run's settings (public runs are shared by every setting of one architecture)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(vars(params).items()), default=str).encode()).hexdigest()[:12]
+
+
+def val_fd(dataset: Path, val_patches: np.ndarray) -> float:
+    """Frechet distance (random-CNN features) between the released images and the validation patches."""
+    synthetic = load_images([dataset])[: len(val_patches)]
+    stats = [feature_statistics(extract_features(x, RANDOM_CNN)) for x in (synthetic, val_patches)]
+    return frechet_distance(*stats[0], *stats[1])
+
+
+def run_setting(base: Path, out: Path, name: str, epsilon: float, secret: Path, patients: dict) -> dict:
+    """Train, release, segment and score one (setting, epsilon); returns the table row."""
+    per_patient, intensity, overrides, warm_epochs = SETTINGS[name]
+    params = replace(BASE, **overrides)
+    pretrained = warm_start(base, out, params, warm_epochs, secret, intensity) if warm_epochs else None
+    train_set = build_training_set(base, out, per_patient, intensity, patients["train"])
+    gan_config = {"batch_size": params.batch_size, "delta": None, "epochs": params.epochs,
+                  "n_critic": params.n_critic, "mode": "fresh"}
+    plan = sampling(gan_config, {"unit": "patch", "patient_batch": 2}, len(patients["train"]), per_patient)
+    sigma = sigma_for_epsilon(epsilon, plan, gan_config) if 0 < epsilon < math.inf else math.inf
+    params = replace(params, sigma=sigma, seed=0)
+    run = out / name / f"eps~{epsilon:g}"
+    start = time.perf_counter()
+    if epsilon == 0:  # the warm start alone: no private training
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "gan").mkdir(exist_ok=True)
+        (run / "gan" / "generator.pt").write_bytes(pretrained.read_bytes())
+    else:
+        train_gan(train_set, run / "gan", params, secret, pretrained)
+    minutes = (time.perf_counter() - start) / 60
+    stored = torch.load(run / "gan" / "generator.pt", weights_only=True)
+    release_dataset(run / "gan" / "generator.pt", run / "synth", ReleaseParams(n=plan.units), name)
+    train_unet([run / "synth" / "dataset.npz"], run / "unet", UNET)
+    predict_patients(run / "unet" / "model.pt", base / "data", patients["val"], run / "val", PATCH)
+    scores = score_split(patients["val"], base / "data", run / "val", run / "val.tsv")
+    val_patches = load_images([base / "patches" / f"{p}.npz" for p in patients["val"]])
+    return {
+        "setting": name,
+        "target_epsilon": epsilon,
+        "epsilon": stored["epsilon"]["epsilon_rdp"],
+        "sigma": sigma,
+        "critic_steps": stored["critic_steps"],
+        "gan_minutes": round(minutes, 2),
+        "fd_val": round(val_fd(run / "synth" / "dataset.npz", val_patches), 2),
+        "val_dsc": round(float(scores["dsc"].mean()), 4),
+        "val_sensitivity": round(float(scores["sensitivity"].mean()), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="results/ of a finished default run")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), help="settings to run (default: all)")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[10.0, 2.0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table_path = args.out / "sweep.tsv"
+    done = pd.read_csv(table_path, sep="\t") if table_path.exists() else pd.DataFrame()
+    patients = cohort(args.base)
+    secret = args.out / "secret.key"
+    for name in args.only or list(SETTINGS):
+        for epsilon in args.epsilons:
+            if len(done) and ((done["setting"] == name) & (done["target_epsilon"] == epsilon)).any():
+                continue
+            if epsilon == 0 and not SETTINGS[name][3]:
+                continue  # epsilon 0 is the warm start alone
+            row = run_setting(args.base, args.out, name, epsilon, secret, patients)
+            print(json.dumps(row), flush=True)
+            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+            done.to_csv(table_path, sep="\t", index=False)
+    print(done.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
