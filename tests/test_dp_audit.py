@@ -230,7 +230,11 @@ def test_a_warm_started_run_is_audited_from_the_same_start(data, tmp_path, capsy
     summary = json.loads((tmp_path / "audit" / "dp_audit.json").read_text())
     assert summary["pretrained"] == checkpoint.load(tmp_path / "run" / "generator.pt")["pretrained"] is not None
     assert main([*command, "--out", str(tmp_path / "cold")]) == 1
-    assert "warm start None against" in capsys.readouterr().err
+    assert "the audited run was warm-started; give --pretrained exactly when it was" in capsys.readouterr().err
+    other = tmp_path / "other_public"
+    train_gan(train_set, other, replace(public, seed=1), secret)
+    assert main([*command, "--pretrained", str(other / "generator.pt"), "--out", str(tmp_path / "other")]) == 1
+    assert "warm start {" in capsys.readouterr().err
 
 
 def test_a_killed_audit_resumes_to_the_same_result(data: TrainingData, tmp_path, one_torch_thread) -> None:

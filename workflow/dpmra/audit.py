@@ -1,4 +1,4 @@
-"""Privacy audit stage (beyond the paper): distance to closest record and a membership-inference attack.
+"""Memorisation check (beyond the paper): distance to closest record and a membership-inference attack.
 
 Members are the training patches the GAN saw; non-members (held out) are patches of patients it never saw
 (val/test). Distances are Euclidean over the image pixels of a patch, after per-patch min-max scaling to 0..255

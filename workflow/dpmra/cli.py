@@ -235,7 +235,7 @@ def cmd_tsne(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    """Privacy audit of one synthetic dataset."""
+    """Memorisation / distance-to-closest-record check of one synthetic dataset."""
     from dpmra.audit import run_audit
 
     run_audit(args.synthetic, args.train, args.holdout, args.out, args.seed, args.n_bootstrap)

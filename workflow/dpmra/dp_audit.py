@@ -463,6 +463,9 @@ def run_dp_audit(
     ``pretrained``: the public run's generator.pt the audited run was warm-started from, if any.
     """
     params = run_params(generator)
+    if (pretrained is None) != (checkpoint.load(generator).get("pretrained") is None):
+        started = "was not" if pretrained else "was"
+        raise ValueError(f"{generator}: the audited run {started} warm-started; give --pretrained exactly when it was")
     out_dir = Path(out_dir)
     data, key = load_training_set(train_set), read_key(secret)
     warm = load_warm_start(pretrained) if pretrained else None

@@ -767,7 +767,7 @@ def plot_audit(audit_path: Path, privacy_path: Path, outputs: list[Path]) -> pd.
         draw_runs_and_means(axes[2], runs, means, "near_copy_pct", palette, x)
         axes[2].set_ylabel("near copies of training patches (%)")
         sigma_legend(fig, palette, sigma_epsilons(privacy), real=False)
-        fig.suptitle("Privacy audit of the released synthetic data")
+        fig.suptitle("Memorisation / distance-to-closest-record check of the released synthetic data")
         save_all(fig, outputs)
     return means
 
@@ -983,5 +983,5 @@ def write_audit_html(audit_path: Path, out: Path) -> pd.DataFrame:
         "patch than the 5th percentile of held-out-to-training distances; MIA: membership-inference attack telling "
         "training from held-out patches (AUC 0.5 = chance)."
     )
-    write_page("Privacy audit", [Section("Audit per synthetic dataset", shown, note)], out)
+    write_page("Memorisation / distance-to-closest-record check", [Section("Check per synthetic dataset", shown, note)], out)
     return shown

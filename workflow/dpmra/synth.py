@@ -42,7 +42,11 @@ STEWARD_NOTES = [
     "for the patch unit, per patient by group privacy over the most patches one patient contributed.",
     "epsilon.rdp is the bound the project reports; epsilon.prv is a tighter numerical estimate of the same "
     "mechanism. Both hold only while everything under secret.keep_private stays private.",
-    "sigma = inf means no privacy: the dataset may reproduce training patches; read the audit before sharing.",
+    "sigma = inf means no privacy: the dataset may reproduce training patches; read the memorisation / "
+    "distance-to-closest-record check (results/tables/audit.tsv) before sharing.",
+    "The DP audit (results/tables/dp_audit.tsv, internal) retrains this run with canaries and bounds its epsilon "
+    "from below; its epsilon_lower_bound must lie below epsilon.rdp and epsilon.prv, and a bound above them means "
+    "the mechanism does not deliver its epsilon: do not share.",
 ]
 SECRET = {
     "secret_streams": ["Poisson sampling of the training batches", "Gaussian noise of DP-SGD"],
