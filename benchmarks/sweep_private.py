@@ -56,6 +56,7 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm-w16-b32-e6": (200, "volume", dict(epochs=6), 34),
     "warm-w16-b32-e1": (200, "volume", dict(epochs=1), 34),
     "warm-w16-b32-lr1e-4": (200, "volume", dict(epochs=3, lr=1e-4), 34),
+    "warm-w16-patient": (200, "volume", dict(epochs=30, unit="patient", patient_batch=2.0, patient_patches=16), 34),
 }
 def cohort(base: Path) -> dict[str, list[str]]:
     """The base run's train and val patients, from its prepared volumes' names (phantom site A, in order)."""
@@ -119,7 +120,8 @@ def run_setting(base: Path, out: Path, name: str, epsilon: float, secret: Path, 
     train_set = build_training_set(base, out, per_patient, intensity, patients["train"])
     gan_config = {"batch_size": params.batch_size, "delta": None, "epochs": params.epochs,
                   "n_critic": params.n_critic, "mode": "fresh"}
-    plan = sampling(gan_config, {"unit": "patch", "patient_batch": 2}, len(patients["train"]), per_patient)
+    privacy = {"unit": params.unit, "patient_batch": params.patient_batch}
+    plan = sampling(gan_config, privacy, len(patients["train"]), per_patient)
     sigma = sigma_for_epsilon(epsilon, plan, gan_config) if 0 < epsilon < math.inf else math.inf
     params = replace(params, sigma=sigma, seed=0)
     run = out / name / f"eps~{epsilon:g}"

@@ -27,7 +27,7 @@ PAPER_SPLITS = {"train": 41, "val": 11, "test": 14, "external": 65}
 PAPER_SOURCES = 1 + 8 * 5  # real + 8 sigmas x 5 seeds (the seed list applies to inf too)
 PAPER_SETTINGS = 8
 # Rules profiles/slurm sends to the GPU partition with one GPU.
-GPU_RULES = {"gan", "dp_audit", "unet", "predict", "quality"}
+GPU_RULES = {"gan", "gan_pretrain", "dp_audit", "unet", "predict", "quality"}
 
 _spec = importlib.util.spec_from_file_location("local_slurm", ROOT / ".ci" / "local_slurm.py")
 local_slurm = importlib.util.module_from_spec(_spec)

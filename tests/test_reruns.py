@@ -22,7 +22,7 @@ DATA_RULES = {"phantom", "prepare", "patches", "training_set"}
 # Rules that read real data only (no GAN, no U-Net).
 REAL_ONLY_RULES = DATA_RULES | {"ssim_real"}
 # Rules that train or sample a GAN.
-GAN_RULES = {"gan", "synth"}
+GAN_RULES = {"gan", "gan_pretrain", "synth", "synth_public"}
 # Outputs that are directories (`predict`: one folder per U-Net and split).
 DIRECTORY_OUTPUTS = ("results/predictions/",)
 
@@ -124,12 +124,15 @@ def test_changing_one_sigma_reruns_only_that_gans_branch(finished_run, tmp_path)
 
 
 def test_changing_a_gan_setting_retrains_gans_but_not_data_or_real_unets(finished_run, tmp_path):
-    """gan.lr: every GAN (params changed) and everything built from GANs; data and real U-Nets stay."""
+    """gan.lr: the warm start and every GAN (params changed) and everything built from GANs; data and real
+    U-Nets stay."""
     config = write_config(tmp_path, "gan_lr", lambda c: c["gan"].update(lr=1.0e-4))
     jobs = dry_run(finished_run, config)
     gans = [job for job in jobs if job.rule == "gan"]
     assert {job.branch() for job in gans} == {"sigma~inf/seed~0", "sigma~1/seed~0"}
-    assert all(job.reason.startswith("Params have changed") for job in gans), gans
+    pretrain = [job for job in jobs if job.rule == "gan_pretrain"]
+    assert len(pretrain) == 1 and pretrain[0].reason.startswith("Params have changed")
+    assert all("results/gan/public/generator.pt" in job.reason or job.reason.startswith("Params") for job in gans)
     for job in jobs:
         assert job.rule not in REAL_ONLY_RULES, job
         assert job.branch() != "real", job
@@ -141,7 +144,7 @@ def test_changing_a_unet_setting_does_not_retrain_gans(finished_run, tmp_path):
     config = write_config(tmp_path, "unet_epochs", lambda c: c["unet"].update(epochs=2))
     jobs = dry_run(finished_run, config)
     unets = [job for job in jobs if job.rule == "unet"]
-    assert len(unets) == 3 * 2  # sources real, sigma~inf, sigma~1 x 2 settings
+    assert len(unets) == 4 * 2  # sources real, sigma~inf, sigma~1, public x 2 settings
     assert all(job.reason.startswith("Params have changed") for job in unets), unets
     for job in jobs:
         assert job.rule not in REAL_ONLY_RULES | GAN_RULES, job

@@ -278,8 +278,8 @@ def test_tiny_run_release_bundles_hold_no_private_data(tiny_run):
     config = ["--configfile", str(ROOT / "config/test.yaml")]
     result = snakemake(tiny_run.parent, "release", *config)
     assert result.returncode == 0, result.stdout[-3000:]
-    patients = sorted(p.stem for p in (tiny_run / "patches").glob("*.npz") if p.stem != "train_set")
-    assert len(patients) == 6
+    patients = sorted(p.stem for p in (tiny_run / "patches").glob("*.npz") if not p.stem.endswith("_set"))
+    assert len(patients) == 7  # 6 of the cohort and the public one
     patches = [np.load(tiny_run / f"patches/{p}.npz")["image"] for p in patients]
     secret = (tiny_run / "private" / "secret.key").read_bytes()
     sources = ["sigma~inf/seed~0", "sigma~1/seed~0"]

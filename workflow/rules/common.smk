@@ -4,7 +4,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from dpmra.manifest import check_manifest, phantom_table, read_manifest
-from dpmra.plan import gan_sigmas, sampling, unet_settings
+from dpmra.plan import gan_sigmas, parse_sigma, sampling, sigma_label, unet_settings
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 # A run asking for the paper's FID stops here, before any job, when pytorch-fid or its weights are missing.
@@ -19,7 +19,9 @@ def load_patients() -> pd.DataFrame:
     data = config["data"]
     if data["source"] == "phantom":
         return phantom_table(
-            data["phantom"]["splits"], data["phantom"]["seed"], data["phantom"]["public"]
+            data["phantom"]["splits"],
+            data["phantom"]["seed"],
+            data["phantom"]["public"],
         )
     table = read_manifest(data["manifest"])
     validate(table, schema="../schemas/samples.schema.yaml")
@@ -51,9 +53,15 @@ UNET = config["unet"]
 SETTINGS = unet_settings(UNET)
 PRETRAIN = GAN["pretrain"]
 if PRETRAIN["set"] == "phantom" and not patients_in("public"):
-    raise ValueError("gan.pretrain.set is phantom but data.phantom.public lists no patients")
+    raise ValueError(
+        "gan.pretrain.set is phantom but data.phantom.public lists no patients"
+    )
 # The warm start's public training set: built from the public phantom cohort, or a file the config names.
-PUBLIC_SET = "results/patches/public_set.npz" if PRETRAIN["set"] == "phantom" else PRETRAIN["set"]
+PUBLIC_SET = (
+    "results/patches/public_set.npz"
+    if PRETRAIN["set"] == "phantom"
+    else PRETRAIN["set"]
+)
 WARM_START = "results/gan/public/generator.pt" if PUBLIC_SET else None
 # U-Net training sources: the real train patches, every released synthetic dataset, and the warm start alone.
 UNET_SOURCES = ["real", *GAN_SOURCES, *(["public"] if WARM_START else [])]
@@ -224,4 +232,36 @@ def all_targets() -> list[str]:
         "results/patches/gallery.png",
         *expand("results/data/{patient}/mip.png", patient=patients.index),
         *expand("results/patches/{patient}.npz", patient=patients.index),
+    ]
+
+
+DP_AUDIT = AUDIT["dp"]
+
+
+def dp_audit_sigmas() -> list[str]:
+    """Sigma labels of the audited GAN runs: `all` private ones (fresh loop), or those listed under audit.dp.runs."""
+    private = [s for s in SIGMAS if s != "inf"]
+    if DP_AUDIT["runs"] == "all":
+        return private if GAN["mode"] == "fresh" else []
+    listed = [sigma_label(parse_sigma(s)) for s in DP_AUDIT["runs"]]
+    unknown = [s for s in listed if s not in private]
+    if unknown:
+        raise ValueError(
+            f"audit.dp.runs: {', '.join(unknown)} not among the private GAN runs' sigmas ({', '.join(private)})"
+        )
+    return listed
+
+
+def dp_audit_runs(pattern: str) -> list[str]:
+    """`pattern` expanded over every audited (sigma, seed) GAN run."""
+    return expand(pattern, sigma=dp_audit_sigmas(), seed=GAN["seeds"])
+
+
+def dp_audit_targets() -> list[str]:
+    """The DP audit's table and figure, where any run is audited."""
+    if not dp_audit_sigmas():
+        return []
+    return [
+        "results/tables/dp_audit.tsv",
+        *expand("results/figures/dp_audit.{ext}", ext=("png", "pdf")),
     ]

@@ -1,37 +1,3 @@
-from dpmra.plan import parse_sigma, sigma_label
-
-DP_AUDIT = AUDIT["dp"]
-
-
-def dp_audit_sigmas() -> list[str]:
-    """Sigma labels of the audited GAN runs: `all` private ones (fresh loop), or those listed under audit.dp.runs."""
-    private = [s for s in SIGMAS if s != "inf"]
-    if DP_AUDIT["runs"] == "all":
-        return private if GAN["mode"] == "fresh" else []
-    listed = [sigma_label(parse_sigma(s)) for s in DP_AUDIT["runs"]]
-    unknown = [s for s in listed if s not in private]
-    if unknown:
-        raise ValueError(
-            f"audit.dp.runs: {', '.join(unknown)} not among the private GAN runs' sigmas ({', '.join(private)})"
-        )
-    return listed
-
-
-def dp_audit_runs(pattern: str) -> list[str]:
-    """`pattern` expanded over every audited (sigma, seed) GAN run."""
-    return expand(pattern, sigma=dp_audit_sigmas(), seed=GAN["seeds"])
-
-
-def dp_audit_targets() -> list[str]:
-    """The DP audit's table and figure, where any run is audited."""
-    if not dp_audit_sigmas():
-        return []
-    return [
-        "results/tables/dp_audit.tsv",
-        *expand("results/figures/dp_audit.{ext}", ext=("png", "pdf")),
-    ]
-
-
 rule dp_audit:
     input:
         unpack(gan_inputs),
