@@ -345,3 +345,14 @@ def test_release_command(run, capsys):
     (run["synth"] / "privacy_card.json").write_text("{")
     assert main(args) == 1
     assert f"{run['synth'] / 'privacy_card.json'}: not JSON" in capsys.readouterr().err
+
+
+def test_pixel_bytes_that_spell_an_id_are_not_an_id_leak(tmp_path):
+    """A uint8 stack may hold the bytes of 'A006' by chance (as the default run's did); only text counts as an id."""
+    stack = np.zeros((8, 8, 4), np.uint8)
+    stack[0, :4, 0] = list(b"A006")
+    nib.save(nib.Nifti1Image(stack, np.eye(4)), str(tmp_path / "images.nii.gz"))
+    (tmp_path / "README.md").write_text("synthetic patches\n")
+    assert find_leaks(tmp_path, [], ["A006"], []) == []
+    (tmp_path / "README.md").write_text("made from A006\n")
+    assert find_leaks(tmp_path, [], ["A006"], []) == [f"{tmp_path / 'README.md'}: patient id A006"]

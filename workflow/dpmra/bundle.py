@@ -77,7 +77,10 @@ def card_facts(path: Path) -> dict:
         raise ValueError(f"{path}: privacy card has no dataset name")
     guarantee = card.get("guarantee")
     statement = guarantee.get("statement") if isinstance(guarantee, dict) else None
+    release = card.get("release")
+    scaling = release.get("image_scaling") if isinstance(release, dict) else None
     return {
+        "image_scaling": scaling if isinstance(scaling, str) and scaling else "on 0..255",
         "dataset": card["dataset"],
         "epsilon": epsilon_value(epsilon["rdp"], path),
         "epsilon_prv": epsilon_value(epsilon["prv"], path) if "prv" in epsilon else None,
@@ -276,7 +279,7 @@ def readme_text(facts: dict, summary: dict) -> str:
         f"{n} labelled synthetic 2D axial brain TOF-MRA patches of {p} x {p} pixels, each with a binary vessel label. "
         f"They were sampled from a generative adversarial network (a Wasserstein GAN) trained {training} on "
         "patches of real TOF-MRA scans: the patches were generated, not cut from any scan. Images are "
-        f"{data['image_dtype']}, each patch min-max scaled to 0..255 (values {number(data['image_min'])} to "
+        f"{data['image_dtype']}, {facts['image_scaling']} (values {number(data['image_min'])} to "
         f"{number(data['image_max'])}); labels are {data['label_dtype']}, 1 vessel and 0 background.\n\n"
         "## Privacy guarantee\n\n"
         f"{guarantee_statement(facts)}\n\n"
@@ -468,7 +471,25 @@ def find_leaks(
     bundle: Path, patch_arrays: Iterable[np.ndarray], patient_ids: Iterable[str], secrets: Iterable[bytes]
 ) -> list[str]:
     """Where any training patch, patient id or secret key occurs in a bundle (folder or zip), as 'stream: what'."""
-    needles = private_needles(patch_arrays, patient_ids, secrets)
-    return [
-        f"{name}: {what}" for name, data in bundle_streams(bundle) for what, needle in needles.items() if needle in data
-    ]
+    needles = private_needles(patch_arrays, [], secrets)
+    ids = {f"patient id {patient}": patient.encode() for patient in patient_ids}
+    leaks = []
+    for name, data in bundle_streams(bundle):
+        text = textual_part(name, data)
+        leaks += [f"{name}: {what}" for what, needle in needles.items() if needle in data]
+        leaks += [f"{name}: {what}" for what, needle in ids.items() if needle in text or needle in name.encode()]
+    return leaks
+
+
+TEXT_SUFFIXES = (".json", ".md", ".tsv", ".txt", "(name)")
+NIFTI_HEADER_BYTES = 352
+
+
+def textual_part(name: str, data: bytes) -> bytes:
+    """Where a patient id would be text: text files, member names and NIfTI headers, not pixel arrays (in a
+    uint8 stack any 4 bytes may spell an id by chance)."""
+    if name.endswith(TEXT_SUFFIXES):
+        return data
+    if name.endswith((".nii", ".nii.gz!gunzip")):
+        return data[:NIFTI_HEADER_BYTES]
+    return b""
