@@ -91,7 +91,10 @@ def warm_start(base: Path, out: Path, params: GanParams, epochs: int, secret: Pa
     public_set = out / f"public_set-{intensity}.npz"
     if not public_set.exists():
         training_set(files, public_set, out / "public_gallery.png", intensity=intensity)
-    public = replace(params, sigma=math.inf, epochs=epochs, public=True, unit="patch")
+    public = replace(
+        params, sigma=math.inf, epochs=epochs, public=True, unit="patch",
+        patient_batch=BASE.patient_batch, patient_patches=BASE.patient_patches,
+    )
     folder = out / "public" / run_digest(public)
     if not (folder / "generator.pt").exists():
         train_gan(public_set, folder, public, secret)
