@@ -172,8 +172,8 @@ def slurm(tmp_path_factory):
 
 
 def small_config(directory: Path) -> Path:
-    """config/test.yaml cut to one GAN, one U-Net setting and no warm start: every SLURM job pays two Snakemake
-    start-ups (the warm start's routing is checked by the dry run of test_profile_sends_gpu_rules_to_the_gpu_partition)."""
+    """config/test.yaml cut to one GAN, one U-Net setting, no warm start and no DP audit: every SLURM job pays two
+    Snakemake start-ups (their routing is checked by the dry run of test_profile_sends_gpu_rules_to_the_gpu_partition)."""
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     config["data"]["phantom"]["splits"] = {
         "train": {"site": "A", "patients": 2}, "val": {"site": "A", "patients": 1},
@@ -181,6 +181,7 @@ def small_config(directory: Path) -> Path:
     }
     config["data"]["phantom"]["public"] = None
     config["gan"]["pretrain"] = {"set": None}
+    config["audit"]["dp"] = {"runs": []}
     config["gan"]["sigmas"] = [1.0]
     config["unet"]["augment"] = [False]
     path = directory / "small.yaml"
@@ -235,7 +236,7 @@ def test_tiny_config_runs_on_slurm_with_gpu_routing(slurm, tmp_path):
 
     # Routing: GPU rules asked SLURM for the GPU partition and one V100, CPU rules for the CPU partition.
     calls = sbatch_calls(result.stdout)
-    ran = GPU_RULES - {"gan_pretrain"}
+    ran = GPU_RULES - {"gan_pretrain", "dp_audit"}
     assert ran | {"phantom", "prepare", "patches", "training_set", "synth", "score", "tables"} <= set(calls)
     for rule, rule_calls in calls.items():
         for call in rule_calls:
