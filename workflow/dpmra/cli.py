@@ -93,9 +93,10 @@ def set_torch_threads(threads: int) -> None:
 def cmd_train_gan(args: argparse.Namespace) -> None:
     """Train (or resume) one GAN."""
     from dpmra.gan import GanParams, train_gan
+    from dpmra.privacy import PAPER_DELTA
 
     set_torch_threads(args.threads)
-    delta = args.delta if args.delta in (None, "1/N") else float(args.delta)
+    delta = args.delta if args.delta in (None, PAPER_DELTA) else float(args.delta)
     params = GanParams(
         sigma=args.sigma,
         epochs=args.epochs,

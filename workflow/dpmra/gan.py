@@ -58,7 +58,7 @@ from dpmra.critic import Critic
 from dpmra.devices import default_device
 from dpmra.dpsgd import DPGradient
 from dpmra.generator import Generator, build_generator, sample_pairs
-from dpmra.privacy import TrainingAccountant, resolve_delta
+from dpmra.privacy import PAPER_DELTA, TrainingAccountant, resolve_delta
 from dpmra.secret import derive_seed, load_key
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class GanParams:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and self.clip_weight > 0 and self.max_grad_norm > 0):
             raise ValueError("lr, clip_weight and max_grad_norm must be positive")
-        if self.delta is not None and self.delta != "1/N" and not 0 < float(self.delta) < 1:
+        if self.delta is not None and self.delta != PAPER_DELTA and not 0 < float(self.delta) < 1:
             raise ValueError(f"delta must be in (0, 1) or '1/N', got {self.delta}")
 
     @property
