@@ -46,7 +46,7 @@ def test_unknown_phantom_site_is_an_error(tmp_path, capsys):
 
 
 def test_epsilon_reproduces_the_paper(capsys):
-    # sigma 0.65, 50 epochs, charged 10 times per batch as the paper did: paper eps 10.2 (DESIGN.md: 10.18)
+    # sigma 0.65, 50 epochs, charged 10 times per batch as the paper did: paper eps 10.2 (docs/design.md §2.2: 10.18)
     args = ["epsilon", "--sigma", "0.65", "--sample-rate", str(32 / 41000), "--steps", str(1281 * 10 * 50)]
     assert main([*args, "--delta", str(1 / 41000), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

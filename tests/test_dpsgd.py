@@ -88,7 +88,7 @@ def test_paper_critic(patch: int) -> None:
 
 
 def test_bound_holds_for_a_multi_million_parameter_layer(norm_path: str) -> None:
-    """Where float32 norms drifted by 4e-4 (DESIGN.md): norms within 1e-6, none above C."""
+    """Where float32 norms drifted by 4e-4 (docs/design.md §2.1): norms within 1e-6, none above C."""
     torch.manual_seed(7)
     model = nn.Linear(3000, 1500)
     x = torch.randn(3, 3000) * 10

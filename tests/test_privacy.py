@@ -1,4 +1,4 @@
-"""Accounting: the paper's epsilon table (DESIGN.md), the valid bounds, and Google's dp-accounting."""
+"""Accounting: the paper's epsilon table (docs/design.md §2.2), the valid bounds, and Google's dp-accounting."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ gradient is G_u^T A_u with the unit's output positions the union of its samples'
 scales each of its samples' terms.
 
 Per-sample squared norms are summed over layers in float64: float32 norms of
-multi-million-element tensors were off by up to 4e-4 (DESIGN.md), enough to break the
+multi-million-element tensors were off by up to 4e-4 (docs/design.md §2.1), enough to break the
 sensitivity bound. Clipping uses C / (1 + NORM_RTOL) so that the remaining float32
 rounding of the per-sample gradients themselves cannot push a contribution above C.
 """
@@ -166,7 +166,7 @@ def sq_norms(x: Tensor) -> Tensor:
     """(B,) squared norms of each sample's slice of x: float32 sums within, float64 out.
 
     Per-sample float32 sums of squares (cascade summation) were within 2e-7 of float64;
-    it is the float32 ``norm()`` of huge tensors that DESIGN.md found off by 4e-4.
+    it is the float32 ``norm()`` of huge tensors that docs/design.md §2.1 found off by 4e-4.
     """
     return x.reshape(x.shape[0], -1).pow(2).sum(dim=1).double()
 

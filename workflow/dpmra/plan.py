@@ -65,7 +65,7 @@ def sigma_for_epsilon(target: float, plan: Sampling, gan: dict) -> float:
     """The noise multiplier whose valid RDP bound after the configured epochs is at most `target`.
 
     fresh: n_critic charges at sigma per generator iteration; paper: the reused batch is one charge
-    per generator iteration at sigma / sqrt(n_critic) (DESIGN.md, privacy accounting).
+    per generator iteration at sigma / sqrt(n_critic) (docs/design.md §2.2).
     """
     from dpmra.privacy import solve_sigma
 

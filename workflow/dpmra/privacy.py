@@ -2,7 +2,7 @@
 
 Thin wrappers on Opacus' accountants. The RDP orders are the paper's (1.1..10.9 step 0.1
 and 12..63); with Opacus' RDP-to-DP conversion (Balle et al. 2020) they reproduce the
-paper's epsilon values exactly when charged as the paper did (DESIGN.md). PRV (Gopi et
+paper's epsilon values exactly when charged as the paper did (docs/design.md §2.2). PRV (Gopi et
 al. 2021) is tighter; its reported value is Opacus' upper bound, not the estimate.
 """
 
