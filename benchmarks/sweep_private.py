@@ -115,8 +115,8 @@ def val_fd(dataset: Path, val_patches: np.ndarray) -> float:
     return frechet_distance(*stats[0], *stats[1])
 
 
-def run_setting(base: Path, out: Path, name: str, epsilon: float, secret: Path, patients: dict) -> dict:
-    """Train, release, segment and score one (setting, epsilon); returns the table row."""
+def run_setting(base: Path, out: Path, name: str, epsilon: float, seed: int, secret: Path, patients: dict) -> dict:
+    """Train, release, segment and score one (setting, epsilon, seed); returns the table row."""
     per_patient, intensity, overrides, warm_epochs = SETTINGS[name]
     params = replace(BASE, **overrides)
     pretrained = warm_start(base, out, params, warm_epochs, secret, intensity) if warm_epochs else None
@@ -126,8 +126,8 @@ def run_setting(base: Path, out: Path, name: str, epsilon: float, secret: Path, 
     privacy = {"unit": params.unit, "patient_batch": params.patient_batch}
     plan = sampling(gan_config, privacy, len(patients["train"]), per_patient)
     sigma = sigma_for_epsilon(epsilon, plan, gan_config) if 0 < epsilon < math.inf else math.inf
-    params = replace(params, sigma=sigma, seed=0)
-    run = out / name / f"eps~{epsilon:g}"
+    params = replace(params, sigma=sigma, seed=seed)
+    run = out / name / f"eps~{epsilon:g}" / f"seed~{seed}"
     start = time.perf_counter()
     if epsilon == 0:  # the warm start alone: no private training
         run.mkdir(parents=True, exist_ok=True)
@@ -145,6 +145,7 @@ def run_setting(base: Path, out: Path, name: str, epsilon: float, secret: Path, 
     return {
         "setting": name,
         "target_epsilon": epsilon,
+        "seed": seed,
         "epsilon": stored["epsilon"]["epsilon_rdp"],
         "sigma": sigma,
         "critic_steps": stored["critic_steps"],
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), help="settings to run (default: all)")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[10.0, 2.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (latents; the key varies noise)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,15 +173,29 @@ def main() -> None:
     secret = args.out / "secret.key"
     for name in args.only or list(SETTINGS):
         for epsilon in args.epsilons:
-            if len(done) and ((done["setting"] == name) & (done["target_epsilon"] == epsilon)).any():
-                continue
             if epsilon == 0 and not SETTINGS[name][3]:
                 continue  # epsilon 0 is the warm start alone
-            row = run_setting(args.base, args.out, name, epsilon, secret, patients)
-            print(json.dumps(row), flush=True)
-            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-            done.to_csv(table_path, sep="\t", index=False)
+            for seed in [0] if epsilon == 0 else args.seeds:
+                if is_done(done, name, epsilon, seed):
+                    continue
+                row = run_setting(args.base, args.out, name, epsilon, seed, secret, patients)
+                print(json.dumps(row), flush=True)
+                done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+                done.to_csv(table_path, sep="\t", index=False)
     print(done.to_string(index=False))
+    print(summary(done).to_string())
+
+
+def is_done(done: pd.DataFrame, name: str, epsilon: float, seed: int) -> bool:
+    """Whether the table already has this (setting, epsilon, seed)."""
+    if done.empty:
+        return False
+    return bool(((done["setting"] == name) & (done["target_epsilon"] == epsilon) & (done["seed"] == seed)).any())
+
+
+def summary(done: pd.DataFrame) -> pd.DataFrame:
+    """Validation DSC per (setting, epsilon) over seeds: mean, min, max and the number of seeds."""
+    return done.groupby(["setting", "target_epsilon"])["val_dsc"].agg(["mean", "min", "max", "count"]).round(3)
 
 
 if __name__ == "__main__":

@@ -270,3 +270,21 @@ def test_warm_start_from_a_public_run(train_set: Path, secret: Path, tmp_path: P
         gan.load_warm_start(tmp_path / "private" / "generator.pt")
     with pytest.raises(ValueError, match="needs no noise"):
         replace(TINY, public=True)
+
+
+def test_warm_start_continues_the_public_optimiser_statistics(train_set: Path, secret: Path, tmp_path: Path) -> None:
+    """RMSprop's square averages come from the public run, so the first private step is about lr, not 10 lr."""
+    public = replace(TINY, sigma=math.inf, public=True, epochs=1, lr=1e-3)
+    train_gan(train_set, tmp_path / "public", public, secret)
+    warm = gan.load_warm_start(tmp_path / "public" / "generator.pt")
+    private = replace(TINY, lr=2e-4)
+    trainer = WganTrainer(load_training_set(train_set), private, torch.device("cpu"), KEY, warm)
+    stored = warm["optimizers"]["opt_d"]["state"]
+    for index, p in enumerate(trainer.critic.parameters()):
+        torch.testing.assert_close(trainer.opt_d.state[p]["square_avg"], stored[index]["square_avg"])
+    assert [g["lr"] for g in trainer.opt_d.param_groups] == [2e-4] and trainer.opt_g.param_groups[0]["lr"] == 2e-4
+    adam = WganTrainer(load_training_set(train_set), replace(TINY, optimizer="adam"), torch.device("cpu"), KEY, warm)
+    assert not adam.opt_d.state  # another optimiser starts afresh
+    private_run = tmp_path / "private"
+    train_gan(train_set, private_run, private, secret, tmp_path / "public" / "generator.pt")
+    assert "optimizers" not in checkpoint.load(private_run / "generator.pt")

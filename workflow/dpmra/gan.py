@@ -276,6 +276,8 @@ class WganTrainer:
         self.intensity = data.intensity
         self.opt_g = _optimizer(self.generator, params, params.lr_generator or params.lr)
         self.opt_d = _optimizer(self.critic, params, params.lr)
+        if pretrained is not None:
+            warm_optimizers({"opt_g": self.opt_g, "opt_d": self.opt_d}, pretrained, params.optimizer)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False) if params.ema else None
         self.rng = {
             "sampler": torch.Generator().manual_seed(seeds["sampler"]),
@@ -526,6 +528,21 @@ def warm_start(generator: Generator, critic: Critic, pretrained: dict | None) ->
     }
 
 
+def warm_optimizers(optimizers: dict[str, torch.optim.Optimizer], pretrained: dict, kind: str) -> None:
+    """Continue the public run's optimiser statistics (same optimiser only), keeping this run's learning rates.
+
+    A fresh RMSprop divides the first gradients by sqrt(0.01 g^2), a step of 10 lr on every weight,
+    which undoes a warm start within a few updates; the public run's statistics are public.
+    """
+    if pretrained.get("params", {}).get("optimizer") != kind or "optimizers" not in pretrained:
+        return
+    for name, optimizer in optimizers.items():
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(pretrained["optimizers"][name])
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+
+
 def _optimizer(module: nn.Module, params: GanParams, lr: float) -> torch.optim.Optimizer:
     """RMSprop (the paper's) or Adam with betas (beta1, 0.9) over a module's parameters."""
     if params.optimizer == "adam":
@@ -637,9 +654,17 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
             "critic": {k: v.cpu() for k, v in trainer.critic.state_dict().items()},
             "pretrained": trainer.pretrained,
             "params": asdict(trainer.params),
+            **_public_optimizers(trainer),
         },
         path,
     )
+
+
+def _public_optimizers(trainer: WganTrainer) -> dict:
+    """A public run's optimiser states, for the runs it warm-starts (a private run's are not released)."""
+    if not trainer.params.public:
+        return {}
+    return {"optimizers": {"opt_g": trainer.opt_g.state_dict(), "opt_d": trainer.opt_d.state_dict()}}
 
 
 # --- the stage ---------------------------------------------------------------------
