@@ -1,4 +1,5 @@
 import os
+import re
 
 import pandas as pd
 from snakemake.utils import validate
@@ -140,6 +141,11 @@ def weights_argument(wildcards) -> str:
     return f"--weights {QUALITY['weights']}" if QUALITY["weights"] else ""
 
 
+def weights_option(wildcards, input) -> str:
+    """`--weights FILE` where the job's input `weights` holds the local Inception-v3 weights (quality.weights)."""
+    return f"--weights {input.weights}" if input.weights else ""
+
+
 def validation_patches(wildcards) -> list[str]:
     """The validation patients' patch files, an input of the release only when it chooses the epoch by val_fd."""
     if SYNTH["checkpoint"] != "val_fd":
@@ -265,3 +271,39 @@ def dp_audit_targets() -> list[str]:
         "results/tables/dp_audit.tsv",
         *expand("results/figures/dp_audit.{ext}", ext=("png", "pdf")),
     ]
+
+
+# Folder arguments. A command that takes a folder (--data results/data, --metrics results/metrics) reads files
+# its job declares as inputs; the folder is read off those inputs, so each path is spelt once, in the input.
+# A training source as components of a path: real, public, or sigma~S/seed~N ([/]: a slash, not a root).
+SOURCE_IN_PATH = re.compile(r"[/](?:real|public|sigma~[^/]+/seed~[0-9]+)(?=/|$)")
+
+
+def one_folder(folders: set[str], paths: list[str]) -> str:
+    """The one folder that every path lies in, or an error naming them."""
+    if len(folders) != 1 or "" in folders:
+        raise ValueError(
+            f"no single folder holds {', '.join(paths) or 'no file'}: {sorted(folders)}"
+        )
+    return folders.pop()
+
+
+def folder_of(paths: list[str], levels: int) -> str:
+    """The folder `levels` above every one of `paths`: 2 for results/data/{patient}/volume.json."""
+    folders = set()
+    for path in paths:
+        for _ in range(levels):
+            path = os.path.dirname(path)
+        folders.add(path)
+    return one_folder(folders, list(paths))
+
+
+def source_folder(paths: list[str]) -> str:
+    """The folder holding one subfolder per training source that every one of `paths` lies in:
+    results/predictions for results/predictions/{source}/{setting}/{split}, results/gan for
+    results/gan/{source}/epochs.tsv (a source is real, public, or sigma~S/seed~N)."""
+    folders = set()
+    for path in paths:
+        found = SOURCE_IN_PATH.search(path)
+        folders.add(path[: found.start()] if found else "")
+    return one_folder(folders, list(paths))

@@ -1,3 +1,11 @@
+# The report's figures and HTML tables. They differ only in what they read, so each is an entry of FIGURES or
+# HTML_TABLES below, and one rule, named by its key, is made from each entry: `dpmra figure COMMAND --out PNG PDF`
+# or `dpmra table-html COMMAND --out HTML`. An entry's png/html is its report item (caption, category), input
+# every file the command reads, params its other arguments and the settings its result depends on (a change
+# reruns it). Folder arguments (--synth, --predictions, --data, --metrics) are read off the inputs
+# (source_folder, folder_of in common.smk). All are cheap and run in the Snakemake process (localrule).
+
+
 rule privacy_table:
     input:
         gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),
@@ -23,12 +31,9 @@ rule privacy_table:
         "dpmra privacy-table {input} --out {output.tsv} --html {output.html} > {log} 2>&1"
 
 
-rule fig2_samples:
-    input:
-        train_set="results/patches/train_set.npz",
-        datasets=gan_runs("results/synth/sigma~{sigma}/seed~{seed}/dataset.npz"),
-        privacy="results/tables/privacy.tsv",
-    output:
+# rule name: png (the report item; the PDF lies beside it), input, params (optional), command, memory (MB).
+FIGURES = {
+    "fig2_samples": dict(
         png=report(
             "results/figures/fig2_samples.png",
             caption="../report/fig2_samples.rst",
@@ -36,27 +41,19 @@ rule fig2_samples:
             subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 2: generated pairs per epsilon"},
         ),
-        pdf="results/figures/fig2_samples.pdf",
-    log:
-        "results/logs/figures/fig2_samples.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            train_set="results/patches/train_set.npz",
+            datasets=gan_runs("results/synth/sigma~{sigma}/seed~{seed}/dataset.npz"),
+            privacy="results/tables/privacy.tsv",
+        ),
+        params=dict(
+            label_threshold=SYNTH["label_threshold"],
+            synth=lambda wildcards, input: source_folder(input.datasets),
+        ),
+        command="samples --train-set {input.train_set} --synth {params.synth} --privacy {input.privacy}",
         mem_mb=4000,
-        runtime=10,
-    params:
-        label_threshold=SYNTH["label_threshold"],
-    shell:
-        "dpmra figure samples --train-set {input.train_set} --synth results/synth "
-        "--privacy {input.privacy} --out {output} > {log} 2>&1"
-
-
-rule fig3_test_utility:
-    input:
-        summary="results/tables/summary.tsv",
-        selection="results/tables/selection.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "fig3_test_utility": dict(
         png=report(
             "results/figures/fig3_test_utility.png",
             caption="../report/fig3_test_utility.rst",
@@ -64,30 +61,23 @@ rule fig3_test_utility:
             subcategory="Segmentation: figures",
             labels={"figure": "Fig. 3: test DSC and bAHD against epsilon"},
         ),
-        pdf="results/figures/fig3_test_utility.pdf",
-    log:
-        "results/logs/figures/fig3_test_utility.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            summary="results/tables/summary.tsv",
+            selection="results/tables/selection.tsv",
+            privacy="results/tables/privacy.tsv",
+        ),
+        params=dict(
+            seeds=GAN["seeds"],
+            settings=len(SETTINGS),
+            patients=len(patients_in("test")),
+        ),
+        command=(
+            "utility --summary {input.summary} --selection {input.selection} "
+            "--privacy {input.privacy} --split test"
+        ),
         mem_mb=2000,
-        runtime=10,
-    params:
-        seeds=GAN["seeds"],
-        settings=len(SETTINGS),
-        patients=len(patients_in("test")),
-    shell:
-        "dpmra figure utility --summary {input.summary} --selection {input.selection} "
-        "--privacy {input.privacy} --split test --out {output} > {log} 2>&1"
-
-
-rule fig4_error_maps:
-    input:
-        selection="results/tables/selection.tsv",
-        privacy="results/tables/privacy.tsv",
-        image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
-        predictions=showcase_predictions,
-    output:
+    ),
+    "fig4_error_maps": dict(
         png=report(
             "results/figures/fig4_error_maps.png",
             caption="../report/fig4_error_maps.rst",
@@ -95,29 +85,25 @@ rule fig4_error_maps:
             subcategory="Segmentation: figures",
             labels={"figure": "Fig. 4: error maps of one test patient"},
         ),
-        pdf="results/figures/fig4_error_maps.pdf",
-    log:
-        "results/logs/figures/fig4_error_maps.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            selection="results/tables/selection.tsv",
+            privacy="results/tables/privacy.tsv",
+            image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
+            predictions=showcase_predictions,
+        ),
+        params=dict(
+            patient=showcase_patient,
+            threshold=UNET["threshold"],
+            predictions=lambda wildcards, input: source_folder(input.predictions),
+            data=lambda wildcards, input: folder_of([input.image], 2),
+        ),
+        command=(
+            "error-maps --selection {input.selection} --privacy {input.privacy} "
+            "--predictions {params.predictions} --data {params.data} --patient {params.patient}"
+        ),
         mem_mb=4000,
-        runtime=10,
-    params:
-        patient=showcase_patient,
-        threshold=UNET["threshold"],
-    shell:
-        "dpmra figure error-maps --selection {input.selection} --privacy {input.privacy} "
-        "--predictions results/predictions --data results/data --patient {params.patient} "
-        "--out {output} > {log} 2>&1"
-
-
-rule fig5_external_utility:
-    input:
-        summary="results/tables/summary.tsv",
-        selection="results/tables/selection.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "fig5_external_utility": dict(
         png=report(
             "results/figures/fig5_external_utility.png",
             caption="../report/fig5_external_utility.rst",
@@ -125,27 +111,19 @@ rule fig5_external_utility:
             subcategory="Segmentation: figures",
             labels={"figure": "Fig. 5: external DSC and bAHD against epsilon"},
         ),
-        pdf="results/figures/fig5_external_utility.pdf",
-    log:
-        "results/logs/figures/fig5_external_utility.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            summary="results/tables/summary.tsv",
+            selection="results/tables/selection.tsv",
+            privacy="results/tables/privacy.tsv",
+        ),
+        params=dict(seeds=GAN["seeds"], patients=len(patients_in("external"))),
+        command=(
+            "utility --summary {input.summary} --selection {input.selection} "
+            "--privacy {input.privacy} --split external"
+        ),
         mem_mb=2000,
-        runtime=10,
-    params:
-        seeds=GAN["seeds"],
-        patients=len(patients_in("external")),
-    shell:
-        "dpmra figure utility --summary {input.summary} --selection {input.selection} "
-        "--privacy {input.privacy} --split external --out {output} > {log} 2>&1"
-
-
-rule fig6_fid:
-    input:
-        quality="results/tables/quality.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "fig6_fid": dict(
         png=report(
             "results/figures/fig6_fid.png",
             caption="../report/fig6_fid.rst",
@@ -153,34 +131,14 @@ rule fig6_fid:
             subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 6: Fréchet distance to train and test"},
         ),
-        pdf="results/figures/fig6_fid.pdf",
-    log:
-        "results/logs/figures/fig6_fid.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    params:
-        backbone=QUALITY["backbone"],
-        fd_samples=QUALITY["fd_samples"],
-    shell:
-        "dpmra figure fid --quality {input.quality} --privacy {input.privacy} --out {output} > {log} 2>&1"
-
-
-rule fig7_segmentation:
-    input:
-        selection="results/tables/selection.tsv",
-        privacy="results/tables/privacy.tsv",
-        image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
-        label=lambda wildcards: f"results/data/{showcase_patient()}/label.nii.gz",
-        predictions=showcase_predictions,
-        metrics=expand(
-            "results/metrics/{source}/{setting}/test.tsv",
-            source=UNET_SOURCES,
-            setting=SETTINGS,
+        input=dict(
+            quality="results/tables/quality.tsv", privacy="results/tables/privacy.tsv"
         ),
-    output:
+        params=dict(backbone=QUALITY["backbone"], fd_samples=QUALITY["fd_samples"]),
+        command="fid --quality {input.quality} --privacy {input.privacy}",
+        mem_mb=2000,
+    ),
+    "fig7_segmentation": dict(
         png=report(
             "results/figures/fig7_segmentation.png",
             caption="../report/fig7_segmentation.rst",
@@ -188,28 +146,33 @@ rule fig7_segmentation:
             subcategory="Segmentation: figures",
             labels={"figure": "Fig. 7: segmentation against ground truth"},
         ),
-        pdf="results/figures/fig7_segmentation.pdf",
-    log:
-        "results/logs/figures/fig7_segmentation.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            selection="results/tables/selection.tsv",
+            privacy="results/tables/privacy.tsv",
+            image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
+            label=lambda wildcards: f"results/data/{showcase_patient()}/label.nii.gz",
+            predictions=showcase_predictions,
+            metrics=expand(
+                "results/metrics/{source}/{setting}/test.tsv",
+                source=UNET_SOURCES,
+                setting=SETTINGS,
+            ),
+        ),
+        params=dict(
+            patient=showcase_patient,
+            threshold=UNET["threshold"],
+            predictions=lambda wildcards, input: source_folder(input.predictions),
+            data=lambda wildcards, input: folder_of([input.image, input.label], 2),
+            metrics=lambda wildcards, input: source_folder(input.metrics),
+        ),
+        command=(
+            "segmentation --selection {input.selection} --privacy {input.privacy} "
+            "--predictions {params.predictions} --data {params.data} --metrics {params.metrics} "
+            "--patient {params.patient}"
+        ),
         mem_mb=4000,
-        runtime=10,
-    params:
-        patient=showcase_patient,
-        threshold=UNET["threshold"],
-    shell:
-        "dpmra figure segmentation --selection {input.selection} --privacy {input.privacy} "
-        "--predictions results/predictions --data results/data --metrics results/metrics "
-        "--patient {params.patient} --out {output} > {log} 2>&1"
-
-
-rule fig8_ssim:
-    input:
-        quality="results/tables/quality.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "fig8_ssim": dict(
         png=report(
             "results/figures/fig8_ssim.png",
             caption="../report/fig8_ssim.rst",
@@ -217,25 +180,14 @@ rule fig8_ssim:
             subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 8: SSIM diversity against epsilon"},
         ),
-        pdf="results/figures/fig8_ssim.pdf",
-    log:
-        "results/logs/figures/fig8_ssim.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            quality="results/tables/quality.tsv", privacy="results/tables/privacy.tsv"
+        ),
+        params=dict(ssim_images=QUALITY["ssim_images"]),
+        command="ssim --quality {input.quality} --privacy {input.privacy}",
         mem_mb=2000,
-        runtime=10,
-    params:
-        ssim_images=QUALITY["ssim_images"],
-    shell:
-        "dpmra figure ssim --quality {input.quality} --privacy {input.privacy} --out {output} > {log} 2>&1"
-
-
-rule fig9_tsne:
-    input:
-        tsne="results/quality/tsne.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "fig9_tsne": dict(
         png=report(
             "results/figures/fig9_tsne.png",
             caption="../report/fig9_tsne.rst",
@@ -243,27 +195,14 @@ rule fig9_tsne:
             subcategory="Synthetic data: figures",
             labels={"figure": "Fig. 9: t-SNE embedding"},
         ),
-        pdf="results/figures/fig9_tsne.pdf",
-    log:
-        "results/logs/figures/fig9_tsne.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            tsne="results/quality/tsne.tsv", privacy="results/tables/privacy.tsv"
+        ),
+        params=dict(per_group=QUALITY["tsne_per_group"], backbone=QUALITY["backbone"]),
+        command="tsne --tsne {input.tsne} --privacy {input.privacy}",
         mem_mb=2000,
-        runtime=10,
-    params:
-        per_group=QUALITY["tsne_per_group"],
-        backbone=QUALITY["backbone"],
-    shell:
-        "dpmra figure tsne --tsne {input.tsne} --privacy {input.privacy} --out {output} > {log} 2>&1"
-
-
-rule privacy_utility_figure:
-    input:
-        summary="results/tables/summary.tsv",
-        selection="results/tables/selection.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "privacy_utility_figure": dict(
         png=report(
             "results/figures/privacy_utility.png",
             caption="../report/fig_privacy_utility.rst",
@@ -271,26 +210,19 @@ rule privacy_utility_figure:
             subcategory="Figures",
             labels={"figure": "utility against epsilon under each accountant"},
         ),
-        pdf="results/figures/privacy_utility.pdf",
-    log:
-        "results/logs/figures/privacy_utility.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            summary="results/tables/summary.tsv",
+            selection="results/tables/selection.tsv",
+            privacy="results/tables/privacy.tsv",
+        ),
+        params=dict(mode=GAN["mode"]),
+        command=(
+            "accounting --summary {input.summary} --selection {input.selection} "
+            "--privacy {input.privacy}"
+        ),
         mem_mb=2000,
-        runtime=10,
-    params:
-        mode=GAN["mode"],
-    shell:
-        "dpmra figure accounting --summary {input.summary} --selection {input.selection} "
-        "--privacy {input.privacy} --out {output} > {log} 2>&1"
-
-
-rule audit_figure:
-    input:
-        audit="results/tables/audit.tsv",
-        privacy="results/tables/privacy.tsv",
-    output:
+    ),
+    "audit_figure": dict(
         png=report(
             "results/figures/audit.png",
             caption="../report/fig_audit.rst",
@@ -298,22 +230,13 @@ rule audit_figure:
             subcategory="Privacy: figures",
             labels={"figure": "memorisation check against epsilon"},
         ),
-        pdf="results/figures/audit.pdf",
-    log:
-        "results/logs/figures/audit.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(
+            audit="results/tables/audit.tsv", privacy="results/tables/privacy.tsv"
+        ),
+        command="audit --audit {input.audit} --privacy {input.privacy}",
         mem_mb=2000,
-        runtime=10,
-    shell:
-        "dpmra figure audit --audit {input.audit} --privacy {input.privacy} --out {output} > {log} 2>&1"
-
-
-rule gan_curves_figure:
-    input:
-        gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epochs.tsv"),
-    output:
+    ),
+    "gan_curves_figure": dict(
         png=report(
             "results/figures/gan_curves.png",
             caption="../report/fig_gan_curves.rst",
@@ -321,116 +244,115 @@ rule gan_curves_figure:
             subcategory="GAN: all runs",
             labels={"figure": "training curves of every run"},
         ),
-        pdf="results/figures/gan_curves.pdf",
-    log:
-        "results/logs/figures/gan_curves.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
+        input=dict(epochs=gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epochs.tsv")),
+        params=dict(epochs=GAN["epochs"], n_critic=GAN["n_critic"], mode=GAN["mode"]),
+        command="gan-curves --epochs {input.epochs}",
         mem_mb=2000,
-        runtime=10,
-    params:
-        epochs=GAN["epochs"],
-        n_critic=GAN["n_critic"],
-        mode=GAN["mode"],
-    shell:
-        "dpmra figure gan-curves --epochs {input} --out {output} > {log} 2>&1"
-
-
-rule table1_html:
-    input:
-        table1="results/tables/table1.tsv",
-        selection="results/tables/selection.tsv",
-    output:
-        report(
+    ),
+}
+# rule name: html (the report item), input, params (optional), command.
+HTML_TABLES = {
+    "table1_html": dict(
+        html=report(
             "results/tables/table1.html",
             caption="../report/table1_html.rst",
             category="Contains patient data",
             subcategory="Segmentation: tables",
         ),
-    log:
-        "results/logs/figures/table1_html.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    params:
-        settings=len(SETTINGS),
-    shell:
-        "dpmra table-html table1 --table1 {input.table1} --selection {input.selection} "
-        "--out {output} > {log} 2>&1"
-
-
-rule summary_html:
-    input:
-        summary="results/tables/summary.tsv",
-        selection="results/tables/selection.tsv",
-    output:
-        report(
+        input=dict(
+            table1="results/tables/table1.tsv", selection="results/tables/selection.tsv"
+        ),
+        params=dict(settings=len(SETTINGS)),
+        command="table1 --table1 {input.table1} --selection {input.selection}",
+    ),
+    "summary_html": dict(
+        html=report(
             "results/tables/summary.html",
             caption="../report/table_summary.rst",
             category="Contains patient data",
             subcategory="Segmentation: tables",
         ),
-    log:
-        "results/logs/figures/summary_html.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    params:
-        settings=list(SETTINGS),
-        splits=EVAL_SPLITS,
-    shell:
-        "dpmra table-html summary --summary {input.summary} --selection {input.selection} "
-        "--out {output} > {log} 2>&1"
-
-
-rule quality_html:
-    input:
-        "results/tables/quality.tsv",
-    output:
-        report(
+        input=dict(
+            summary="results/tables/summary.tsv",
+            selection="results/tables/selection.tsv",
+        ),
+        params=dict(settings=list(SETTINGS), splits=EVAL_SPLITS),
+        command="summary --summary {input.summary} --selection {input.selection}",
+    ),
+    "quality_html": dict(
+        html=report(
             "results/tables/quality.html",
             caption="../report/table_quality.rst",
             category="Contains patient data",
             subcategory="Synthetic data: tables",
             labels={"table": "quality per synthetic dataset"},
         ),
-    log:
-        "results/logs/figures/quality_html.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    params:
-        backbone=QUALITY["backbone"],
-        fd_samples=QUALITY["fd_samples"],
-        ssim_images=QUALITY["ssim_images"],
-    shell:
-        "dpmra table-html quality --quality {input} --out {output} > {log} 2>&1"
-
-
-rule audit_html:
-    input:
-        "results/tables/audit.tsv",
-    output:
-        report(
+        input=dict(quality="results/tables/quality.tsv"),
+        params=dict(
+            backbone=QUALITY["backbone"],
+            fd_samples=QUALITY["fd_samples"],
+            ssim_images=QUALITY["ssim_images"],
+        ),
+        command="quality --quality {input.quality}",
+    ),
+    "audit_html": dict(
+        html=report(
             "results/tables/audit.html",
             caption="../report/table_audit.rst",
             category="Contains patient data",
             subcategory="Privacy: tables",
             labels={"table": "memorisation check per synthetic dataset"},
         ),
-    log:
-        "results/logs/figures/audit_html.log",
-    conda:
-        "../../envs/base.yaml"
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    shell:
-        "dpmra table-html audit --audit {input} --out {output} > {log} 2>&1"
+        input=dict(audit="results/tables/audit.tsv"),
+        command="audit --audit {input.audit}",
+    ),
+}
+
+
+for figure_rule, figure in FIGURES.items():
+    # results/figures/NAME: the PDF lies beside the PNG, its log is NAME.log
+    stem = os.path.splitext(figure["png"])[0]
+
+    rule:
+        name:
+            figure_rule
+        input:
+            **figure["input"],
+        output:
+            png=figure["png"],
+            pdf=f"{stem}.pdf",
+        log:
+            f"results/logs/figures/{os.path.basename(stem)}.log",
+        localrule: True
+        conda:
+            "../../envs/base.yaml"
+        resources:
+            mem_mb=figure["mem_mb"],
+            runtime=10,
+        params:
+            **figure.get("params", {}),
+        shell:
+            f"dpmra figure {figure['command']} --out {{output}} > {{log}} 2>&1"
+
+
+for table_rule, table in HTML_TABLES.items():
+
+    rule:
+        name:
+            table_rule
+        input:
+            **table["input"],
+        output:
+            html=table["html"],
+        log:
+            f"results/logs/figures/{table_rule}.log",
+        localrule: True
+        conda:
+            "../../envs/base.yaml"
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        params:
+            **table.get("params", {}),
+        shell:
+            f"dpmra table-html {table['command']} --out {{output}} > {{log}} 2>&1"
