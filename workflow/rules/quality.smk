@@ -3,6 +3,7 @@ rule quality:
         synthetic="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
         train=expand("results/patches/{patient}.npz", patient=patients_in("train")),
         test=expand("results/patches/{patient}.npz", patient=QUALITY_TEST_PATIENTS),
+        weights=QUALITY["weights"] or [],
     output:
         "results/quality/sigma~{sigma}/seed~{seed}/quality.json",
     log:
@@ -18,7 +19,7 @@ rule quality:
         gpu=1,
     params:
         backbone=QUALITY["backbone"],
-        weights=weights_argument,
+        weights=weights_option,
         n=QUALITY["fd_samples"],
         ssim_images=QUALITY["ssim_images"],
         seed=QUALITY["seed"],
@@ -53,6 +54,7 @@ rule tsne:
     input:
         real=expand("results/patches/{patient}.npz", patient=patients_in("train")),
         synthetic=gan_runs("results/synth/sigma~{sigma}/seed~{seed}/dataset.npz"),
+        weights=QUALITY["weights"] or [],
     output:
         "results/quality/tsne.tsv",
     log:
@@ -69,7 +71,7 @@ rule tsne:
         groups=tsne_groups,
         n=QUALITY["tsne_per_group"],
         backbone=QUALITY["backbone"],
-        weights=weights_argument,
+        weights=weights_option,
         seed=QUALITY["seed"],
     shell:
         "dpmra tsne {params.groups} --n-per-group {params.n} --backbone {params.backbone} {params.weights} "
