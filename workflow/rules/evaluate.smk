@@ -6,6 +6,10 @@ rule score:
         "results/metrics/{source}/{setting}/{split}.tsv",
     log:
         "results/logs/score/{source}/{setting}/{split}.log",
+    # One job per (source, setting, split), 984 at paper scale: on a cluster, profiles/slurm packs the jobs
+    # of this group into a few submissions (group-components).
+    group:
+        "score"
     conda:
         "../../envs/base.yaml"
     resources:
@@ -13,8 +17,10 @@ rule score:
         runtime=30,
     params:
         patients=lambda wildcards: patients_in(wildcards.split),
+        # the prepared patients' folder: labels and brain masks beside each volume.json
+        data=lambda wildcards, input: folder_of(input.prepared, 2),
     shell:
-        "dpmra score --patients {params.patients} --data results/data "
+        "dpmra score --patients {params.patients} --data {params.data} "
         "--predictions {input.predictions} "
         "--out {output} > {log} 2>&1"
 
@@ -48,6 +54,9 @@ rule tables:
         sources=UNET_SOURCES,
         settings=list(SETTINGS),
         splits=EVAL_SPLITS,
+        metrics=lambda wildcards, input: source_folder(input.metrics),
+        gan=lambda wildcards, input: source_folder(input.epochs),
+        out_dir=lambda wildcards, output: folder_of(list(output), 1),
     shell:
-        "dpmra tables --metrics results/metrics --gan results/gan --sources {params.sources} "
-        "--settings {params.settings} --splits {params.splits} --out results/tables > {log} 2>&1"
+        "dpmra tables --metrics {params.metrics} --gan {params.gan} --sources {params.sources} "
+        "--settings {params.settings} --splits {params.splits} --out {params.out_dir} > {log} 2>&1"
