@@ -24,6 +24,21 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
 
 
+# Cheap aggregates run inside the Snakemake process, never as cluster jobs (on SLURM: on the login node, at most
+# --local-cores at once): the secret key, the tables, the DP audit's table and figure, the release bundles.
+# Every figure and HTML table of figures.smk is local too (`localrule: True` there).
+localrules:
+    all,
+    release,
+    secret_key,
+    privacy_table,
+    tables,
+    quality_tables,
+    dp_audit_table,
+    dp_audit_figure,
+    release_bundle,
+
+
 rule all:
     default_target: True
     input:

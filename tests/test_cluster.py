@@ -28,6 +28,13 @@ PAPER_SOURCES = 1 + 8 * 5  # real + 8 sigmas x 5 seeds (the seed list applies to
 PAPER_SETTINGS = 8
 # Rules profiles/slurm sends to the GPU partition with one GPU.
 GPU_RULES = {"gan", "gan_pretrain", "dp_audit", "unet", "predict", "quality"}
+# Cheap rules that run in the Snakemake process, never as SLURM jobs (`localrules`, `localrule: True`).
+LOCAL_RULES = {
+    "all", "release", "secret_key", "privacy_table", "tables", "quality_tables", "dp_audit_table", "dp_audit_figure",
+    "release_bundle", "fig2_samples", "fig3_test_utility", "fig4_error_maps", "fig5_external_utility", "fig6_fid",
+    "fig7_segmentation", "fig8_ssim", "fig9_tsne", "privacy_utility_figure", "audit_figure", "gan_curves_figure",
+    "table1_html", "summary_html", "quality_html", "audit_html",
+}
 
 _spec = importlib.util.spec_from_file_location("local_slurm", ROOT / ".ci" / "local_slurm.py")
 local_slurm = importlib.util.module_from_spec(_spec)
@@ -109,15 +116,18 @@ def profile_dry_run(workdir: Path, **site: str) -> dict[str, set[str]]:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     resources: dict[str, set[str]] = {}
-    for rule, block in re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", result.stdout, flags=re.M):
-        lines = dict(re.findall(r"^    (\w+): (.*)$", block, flags=re.M))
+    # A job of a group job (score) is listed indented under its group.
+    for indent, rule, block in re.findall(
+        r"^( *)(?:local)?rule (\w+):\n((?:\1    .*\n)+)", result.stdout, flags=re.M
+    ):
+        lines = dict(re.findall(r"^ +(\w+): (.*)$", block, flags=re.M))
         resources.setdefault(rule, set()).update(lines.get("resources", "").split(", "))
     return resources
 
 
 def test_profile_sends_gpu_rules_to_the_gpu_partition(tmp_path):
     resources = profile_dry_run(tmp_path)
-    assert GPU_RULES <= set(resources)
+    assert GPU_RULES | {"score"} <= set(resources)
     for rule, items in resources.items():
         if rule == "all":
             continue
@@ -145,6 +155,16 @@ def test_profile_site_settings_are_one_place(tmp_path):
             assert not any(item.startswith("gpu_model") for item in items), (rule, items)
         else:
             assert "slurm_partition=short" in items and not any(i.startswith("constraint") for i in items)
+
+
+def test_profile_packs_score_jobs_and_cuts_no_rule():
+    """Per-submission limits (cores, resources.mem_mb) size the score groups; they also cap every single job."""
+    text = (ROOT / "profiles/slurm/config.yaml").read_text()
+    profile = yaml.safe_load(text)
+    assert profile["group-components"]["score"] > 1
+    assert max(profile["set-threads"].values()) <= profile["cores"]
+    memory = [int(m) for m in re.findall(r"mem_mb=(\d+)", text)]
+    assert memory and max(memory) <= profile["resources"]["mem_mb"]
 
 
 # --- item 6: a real SLURM ------------------------------------------------------------------------------
@@ -202,13 +222,14 @@ main(sys.argv[1:])
 
 
 def sbatch_calls(log: str) -> dict[str, list[str]]:
-    """The sbatch command lines Snakemake logged (--verbose), by rule."""
+    """The sbatch command lines Snakemake logged (--verbose), by rule; a group job's as `group:GROUP`."""
     calls = {}
     for line in log.splitlines():
         if "sbatch call: " in line:
             call = line.split("sbatch call: ", 1)[1].split(" --wrap=")[0]
+            group = re.search(r"/group_(\w+?)_\w+/", call)  # its SLURM log: .snakemake/slurm_logs/group_<id>_<rules>/
             rule = re.search(r"--comment '?rule_(\w+?)(?:_wildcards|'|\s|$)", call).group(1)
-            calls.setdefault(rule, []).append(call)
+            calls.setdefault(f"group:{group.group(1)}" if group else rule, []).append(call)
     return calls
 
 
@@ -237,7 +258,7 @@ def test_tiny_config_runs_on_slurm_with_gpu_routing(slurm, tmp_path):
     # Routing: GPU rules asked SLURM for the GPU partition and one V100, CPU rules for the CPU partition.
     calls = sbatch_calls(result.stdout)
     ran = GPU_RULES - {"gan_pretrain", "dp_audit"}
-    assert ran | {"phantom", "prepare", "patches", "training_set", "synth", "score", "tables"} <= set(calls)
+    assert ran | {"phantom", "prepare", "patches", "training_set", "synth", "group:score"} <= set(calls)
     for rule, rule_calls in calls.items():
         for call in rule_calls:
             if rule in GPU_RULES:
@@ -246,6 +267,12 @@ def test_tiny_config_runs_on_slurm_with_gpu_routing(slurm, tmp_path):
                 assert f"-p {local_slurm.PARTITIONS['cpu']}" in call and "--gpus" not in call, call
             assert "--requeue" in call and "--mem " in call and " -t " in call, call
     assert all("--cpus-per-task=4" in call for call in calls["gan"]), calls["gan"]
+    # Cheap rules ran in the Snakemake process; the 6 score jobs (2 sources x 3 splits) went as one submission,
+    # side by side within the profile's per-submission cores and memory: 6 CPUs, 6 x 8000 MB, one 60 min round.
+    assert not LOCAL_RULES & set(calls), sorted(LOCAL_RULES & set(calls))
+    assert "score" not in calls and len(calls["group:score"]) == 1, calls.get("group:score")
+    (score,) = calls["group:score"]
+    assert "--cpus-per-task=6" in score and "--mem 48000" in score and " -t 60" in score, score
     # ... and SLURM granted it: the GAN job held the node's (fake) GPU.
     jobs = slurm.run("squeue", "-h", "-t", "all", "-O", "Comment:60,Partition:20,tres-per-job:40").stdout
     gan_jobs = [line for line in jobs.splitlines() if line.startswith("rule_gan_wildcards")]
