@@ -1,0 +1,100 @@
+"""The rule files without a run: what each command reads is declared, cheap rules stay local, scores are grouped.
+
+Light checks (a dry run and a parse of the workflow, seconds each) of what a run or the SLURM test would find
+only much later: a command reading a folder its job never declared, a table or figure sent to the cluster as
+a job of its own, the per-patient score jobs submitted one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ENV, ROOT
+
+# Rules that run in the Snakemake process (`localrules:` in the Snakefile, `localrule: True` in figures.smk).
+LOCAL_RULES = {
+    "all", "release", "secret_key", "privacy_table", "tables", "quality_tables", "dp_audit_table", "dp_audit_figure",
+    "release_bundle", "fig2_samples", "fig3_test_utility", "fig4_error_maps", "fig5_external_utility", "fig6_fid",
+    "fig7_segmentation", "fig8_ssim", "fig9_tsne", "privacy_utility_figure", "audit_figure", "gan_curves_figure",
+    "table1_html", "summary_html", "quality_html", "audit_html",
+}
+# Commands whose shell line still spells a results/ folder instead of reading it off the job's inputs.
+SPELT = {"unet.smk": ["--data results/data"]}  # predict: its --data could come from input.prepared like score's
+
+_RULES = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, ResourceSettings
+root = Path(sys.argv[1])
+with SnakemakeApi() as api:
+    workflow = api.workflow(
+        resource_settings=ResourceSettings(),
+        config_settings=ConfigSettings(configfiles=[root / "config/test.yaml"]),
+        snakefile=root / "Snakefile",
+        workdir=Path(sys.argv[2]),
+    )._workflow
+    # `_group` and `_localrules`: Rule.group and is_local() answer None and True in a local run.
+    print(json.dumps({
+        rule.name: {"local": rule.name in workflow._localrules or rule.norun, "group": rule._group}
+        for rule in workflow.rules
+    }))
+"""
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory) -> dict[str, dict]:
+    """Every rule of the workflow (tiny config): whether it is local, and its group."""
+    workdir = tmp_path_factory.mktemp("rules")
+    result = subprocess.run(
+        [sys.executable, "-c", _RULES, str(ROOT), str(workdir)],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cheap_rules_are_local_and_scores_one_group(rules):
+    assert {name for name, rule in rules.items() if rule["local"]} == LOCAL_RULES
+    assert {name: rule["group"] for name, rule in rules.items() if rule["group"]} == {"score": "score"}
+
+
+def dry_run_jobs(workdir) -> list[dict]:
+    """`snakemake -n -p` of the tiny config: per job its rule, files and shell command (group members too)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1", "-n", "-p",
+         "--configfile", str(ROOT / "config/test.yaml")],
+        cwd=workdir, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    jobs = []
+    for indent, rule, block, shell in re.findall(
+        r"^( *)(?:local)?rule (\w+):\n((?:\1    .*\n)+)(?:Shell command: (.*)\n)?", result.stdout, flags=re.M
+    ):
+        fields = dict(re.findall(r"^ +(input|output|log|benchmark): (.*)$", block, flags=re.M))
+        files = {f for key in ("input", "output", "log", "benchmark") for f in fields.get(key, "").split(", ") if f}
+        jobs.append({"rule": rule, "files": files, "shell": shell})
+    return jobs
+
+
+def test_every_results_path_a_command_names_is_declared(tmp_path):
+    """A path under results/ in a command is a file of its job, or the folder that declared files lie in."""
+    jobs = dry_run_jobs(tmp_path)
+    assert {"score", "tables", "fig2_samples", "fig4_error_maps", "fig7_segmentation"} <= {j["rule"] for j in jobs}
+    for job in jobs:
+        for path in re.findall(r"(?<![\w/])results/[^\s'\"()]+", job["shell"]):
+            folder = path.rstrip("/") + "/"
+            assert path in job["files"] or any(f.startswith(folder) for f in job["files"]), (job["rule"], path)
+
+
+def test_rule_files_spell_no_results_path_in_a_command():
+    """Every results/ path in a shell command comes from input, output, log or params read off them."""
+    for rules in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        text = rules.read_text()
+        commands = re.findall(r"^\s+shell:\n((?:\s+f?\".*\"\n)+)", text, flags=re.M)
+        spelt = [m for command in commands for m in re.findall(r"--[\w-]+ results/\S*", command)]
+        assert spelt == SPELT.get(rules.name, []), (rules.name, spelt)
