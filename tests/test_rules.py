@@ -98,3 +98,12 @@ def test_rule_files_spell_no_results_path_in_a_command():
         commands = re.findall(r"^\s+shell:\n((?:\s+f?\".*\"\n)+)", text, flags=re.M)
         spelt = [m for command in commands for m in re.findall(r"--[\w-]+ results/\S*", command)]
         assert spelt == SPELT.get(rules.name, []), (rules.name, spelt)
+
+
+def test_rules_made_in_a_loop_have_a_constant_shell_line():
+    """Snakemake evaluates a shell: expression once more when the job runs, when a loop variable holds the last
+    entry: a rule made in a loop (`rule:` with `name:`) takes what varies from params, never from an f-string."""
+    for rules in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.findall(r"^( +)rule:\n((?:\1 .*\n|\n)+)", rules.read_text(), flags=re.M):
+            shell = re.search(r"^\s+shell:\n\s+(.*)$", block[1], flags=re.M)
+            assert shell and not shell[1].startswith("f"), (rules.name, shell and shell[1])

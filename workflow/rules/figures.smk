@@ -1,9 +1,11 @@
 # The report's figures and HTML tables. They differ only in what they read, so each is an entry of FIGURES or
 # HTML_TABLES below, and one rule, named by its key, is made from each entry: `dpmra figure COMMAND --out PNG PDF`
 # or `dpmra table-html COMMAND --out HTML`. An entry's png/html is its report item (caption, category), input
-# every file the command reads, params its other arguments and the settings its result depends on (a change
-# reruns it). Folder arguments (--synth, --predictions, --data, --metrics) are read off the inputs
-# (source_folder, folder_of in common.smk). All are cheap and run in the Snakemake process (localrule).
+# every file the command reads, command its arguments as a function of those inputs (folder arguments such as
+# --synth, --predictions, --data, --metrics read off them: source_folder, folder_of in common.smk), params the
+# settings its result depends on beyond them (a change reruns it). The shell line is the same for every rule: a
+# shell: expression is evaluated again when the job runs, when a loop variable holds the last entry. All are
+# cheap and run in the Snakemake process (localrule).
 
 
 rule privacy_table:
@@ -46,11 +48,11 @@ FIGURES = {
             datasets=gan_runs("results/synth/sigma~{sigma}/seed~{seed}/dataset.npz"),
             privacy="results/tables/privacy.tsv",
         ),
-        params=dict(
-            label_threshold=SYNTH["label_threshold"],
-            synth=lambda wildcards, input: source_folder(input.datasets),
+        params=dict(label_threshold=SYNTH["label_threshold"]),
+        command=lambda wildcards, input: (
+            f"samples --train-set {input.train_set} --synth {source_folder(input.datasets)} "
+            f"--privacy {input.privacy}"
         ),
-        command="samples --train-set {input.train_set} --synth {params.synth} --privacy {input.privacy}",
         mem_mb=4000,
     ),
     "fig3_test_utility": dict(
@@ -71,9 +73,9 @@ FIGURES = {
             settings=len(SETTINGS),
             patients=len(patients_in("test")),
         ),
-        command=(
-            "utility --summary {input.summary} --selection {input.selection} "
-            "--privacy {input.privacy} --split test"
+        command=lambda wildcards, input: (
+            f"utility --summary {input.summary} --selection {input.selection} "
+            f"--privacy {input.privacy} --split test"
         ),
         mem_mb=2000,
     ),
@@ -91,15 +93,11 @@ FIGURES = {
             image=lambda wildcards: f"results/data/{showcase_patient()}/image.nii.gz",
             predictions=showcase_predictions,
         ),
-        params=dict(
-            patient=showcase_patient,
-            threshold=UNET["threshold"],
-            predictions=lambda wildcards, input: source_folder(input.predictions),
-            data=lambda wildcards, input: folder_of([input.image], 2),
-        ),
-        command=(
-            "error-maps --selection {input.selection} --privacy {input.privacy} "
-            "--predictions {params.predictions} --data {params.data} --patient {params.patient}"
+        params=dict(threshold=UNET["threshold"]),
+        command=lambda wildcards, input: (
+            f"error-maps --selection {input.selection} --privacy {input.privacy} "
+            f"--predictions {source_folder(input.predictions)} --data {folder_of([input.image], 2)} "
+            f"--patient {showcase_patient()}"
         ),
         mem_mb=4000,
     ),
@@ -117,9 +115,9 @@ FIGURES = {
             privacy="results/tables/privacy.tsv",
         ),
         params=dict(seeds=GAN["seeds"], patients=len(patients_in("external"))),
-        command=(
-            "utility --summary {input.summary} --selection {input.selection} "
-            "--privacy {input.privacy} --split external"
+        command=lambda wildcards, input: (
+            f"utility --summary {input.summary} --selection {input.selection} "
+            f"--privacy {input.privacy} --split external"
         ),
         mem_mb=2000,
     ),
@@ -135,7 +133,7 @@ FIGURES = {
             quality="results/tables/quality.tsv", privacy="results/tables/privacy.tsv"
         ),
         params=dict(backbone=QUALITY["backbone"], fd_samples=QUALITY["fd_samples"]),
-        command="fid --quality {input.quality} --privacy {input.privacy}",
+        command=lambda wildcards, input: f"fid --quality {input.quality} --privacy {input.privacy}",
         mem_mb=2000,
     ),
     "fig7_segmentation": dict(
@@ -158,17 +156,12 @@ FIGURES = {
                 setting=SETTINGS,
             ),
         ),
-        params=dict(
-            patient=showcase_patient,
-            threshold=UNET["threshold"],
-            predictions=lambda wildcards, input: source_folder(input.predictions),
-            data=lambda wildcards, input: folder_of([input.image, input.label], 2),
-            metrics=lambda wildcards, input: source_folder(input.metrics),
-        ),
-        command=(
-            "segmentation --selection {input.selection} --privacy {input.privacy} "
-            "--predictions {params.predictions} --data {params.data} --metrics {params.metrics} "
-            "--patient {params.patient}"
+        params=dict(threshold=UNET["threshold"]),
+        command=lambda wildcards, input: (
+            f"segmentation --selection {input.selection} --privacy {input.privacy} "
+            f"--predictions {source_folder(input.predictions)} "
+            f"--data {folder_of([input.image, input.label], 2)} --metrics {source_folder(input.metrics)} "
+            f"--patient {showcase_patient()}"
         ),
         mem_mb=4000,
     ),
@@ -184,7 +177,7 @@ FIGURES = {
             quality="results/tables/quality.tsv", privacy="results/tables/privacy.tsv"
         ),
         params=dict(ssim_images=QUALITY["ssim_images"]),
-        command="ssim --quality {input.quality} --privacy {input.privacy}",
+        command=lambda wildcards, input: f"ssim --quality {input.quality} --privacy {input.privacy}",
         mem_mb=2000,
     ),
     "fig9_tsne": dict(
@@ -199,7 +192,7 @@ FIGURES = {
             tsne="results/quality/tsne.tsv", privacy="results/tables/privacy.tsv"
         ),
         params=dict(per_group=QUALITY["tsne_per_group"], backbone=QUALITY["backbone"]),
-        command="tsne --tsne {input.tsne} --privacy {input.privacy}",
+        command=lambda wildcards, input: f"tsne --tsne {input.tsne} --privacy {input.privacy}",
         mem_mb=2000,
     ),
     "privacy_utility_figure": dict(
@@ -216,9 +209,9 @@ FIGURES = {
             privacy="results/tables/privacy.tsv",
         ),
         params=dict(mode=GAN["mode"]),
-        command=(
-            "accounting --summary {input.summary} --selection {input.selection} "
-            "--privacy {input.privacy}"
+        command=lambda wildcards, input: (
+            f"accounting --summary {input.summary} --selection {input.selection} "
+            f"--privacy {input.privacy}"
         ),
         mem_mb=2000,
     ),
@@ -233,7 +226,7 @@ FIGURES = {
         input=dict(
             audit="results/tables/audit.tsv", privacy="results/tables/privacy.tsv"
         ),
-        command="audit --audit {input.audit} --privacy {input.privacy}",
+        command=lambda wildcards, input: f"audit --audit {input.audit} --privacy {input.privacy}",
         mem_mb=2000,
     ),
     "gan_curves_figure": dict(
@@ -246,7 +239,7 @@ FIGURES = {
         ),
         input=dict(epochs=gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epochs.tsv")),
         params=dict(epochs=GAN["epochs"], n_critic=GAN["n_critic"], mode=GAN["mode"]),
-        command="gan-curves --epochs {input.epochs}",
+        command=lambda wildcards, input: f"gan-curves --epochs {input.epochs}",
         mem_mb=2000,
     ),
 }
@@ -263,7 +256,9 @@ HTML_TABLES = {
             table1="results/tables/table1.tsv", selection="results/tables/selection.tsv"
         ),
         params=dict(settings=len(SETTINGS)),
-        command="table1 --table1 {input.table1} --selection {input.selection}",
+        command=lambda wildcards, input: (
+            f"table1 --table1 {input.table1} --selection {input.selection}"
+        ),
     ),
     "summary_html": dict(
         html=report(
@@ -277,7 +272,9 @@ HTML_TABLES = {
             selection="results/tables/selection.tsv",
         ),
         params=dict(settings=list(SETTINGS), splits=EVAL_SPLITS),
-        command="summary --summary {input.summary} --selection {input.selection}",
+        command=lambda wildcards, input: (
+            f"summary --summary {input.summary} --selection {input.selection}"
+        ),
     ),
     "quality_html": dict(
         html=report(
@@ -293,7 +290,7 @@ HTML_TABLES = {
             fd_samples=QUALITY["fd_samples"],
             ssim_images=QUALITY["ssim_images"],
         ),
-        command="quality --quality {input.quality}",
+        command=lambda wildcards, input: f"quality --quality {input.quality}",
     ),
     "audit_html": dict(
         html=report(
@@ -304,7 +301,7 @@ HTML_TABLES = {
             labels={"table": "memorisation check per synthetic dataset"},
         ),
         input=dict(audit="results/tables/audit.tsv"),
-        command="audit --audit {input.audit}",
+        command=lambda wildcards, input: f"audit --audit {input.audit}",
     ),
 }
 
@@ -331,8 +328,9 @@ for figure_rule, figure in FIGURES.items():
             runtime=10,
         params:
             **figure.get("params", {}),
+            command=figure["command"],
         shell:
-            f"dpmra figure {figure['command']} --out {{output}} > {{log}} 2>&1"
+            "dpmra figure {params.command} --out {output} > {log} 2>&1"
 
 
 for table_rule, table in HTML_TABLES.items():
@@ -354,5 +352,6 @@ for table_rule, table in HTML_TABLES.items():
             runtime=5,
         params:
             **table.get("params", {}),
+            command=table["command"],
         shell:
-            f"dpmra table-html {table['command']} --out {{output}} > {{log}} 2>&1"
+            "dpmra table-html {params.command} --out {output} > {log} 2>&1"
