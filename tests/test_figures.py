@@ -550,3 +550,9 @@ def test_mip_extent_is_true_size_and_position_for_any_affine(degrees: float):
         assert shown(0, 0) == pytest.approx(affine[:2, 3])
     u = rotation[:, 0]  # the first voxel's position along the rotated x axis
     assert shown(0, 0)[0] == pytest.approx(u @ affine[:3, 3])
+
+
+def test_epsilon_ticks_are_thinned_so_labels_never_overlap():
+    """RDP and PRV epsilons of one run sit close together: only ticks at least 1.25x apart are labelled."""
+    ticks = figures.spaced_ticks(np.array([9.99, 1.79, 5.0, 1.99, 8.68, 4.39]))
+    assert ticks == [1.79, 4.39, 8.68]

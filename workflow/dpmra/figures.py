@@ -157,7 +157,8 @@ def epsilon_axis(ax: Axes, epsilons: Iterable[float], label: str) -> Callable[[f
     values = np.asarray([e for e in epsilons if not math.isnan(e)], dtype=float)
     finite = np.unique(values[np.isfinite(values)])
     inf_x = infinity_x(finite)
-    ticks, labels = list(finite), [f"{e:.3g}" for e in finite]
+    ticks = spaced_ticks(finite)
+    labels = [f"{e:.3g}" for e in ticks]
     if np.isinf(values).any():
         ticks.append(inf_x)
         labels.append("∞")
@@ -172,6 +173,15 @@ def epsilon_axis(ax: Axes, epsilons: Iterable[float], label: str) -> Callable[[f
     return lambda e: inf_x if math.isinf(e) else e
 
 
+def spaced_ticks(values: np.ndarray, ratio: float = 1.25) -> list[float]:
+    """Sorted values thinned so that neighbours on the log axis differ by at least ``ratio`` (labels never overlap)."""
+    ticks: list[float] = []
+    for value in np.sort(values):
+        if not ticks or value >= ticks[-1] * ratio:
+            ticks.append(float(value))
+    return ticks
+
+
 def epsilon_label(privacy: pd.DataFrame, accountant: str = "RDP") -> str:
     """Axis label naming the accountant and delta (delta read from the runs; shown if they share one)."""
     deltas = privacy["delta"].dropna().unique()
@@ -179,15 +189,18 @@ def epsilon_label(privacy: pd.DataFrame, accountant: str = "RDP") -> str:
     return f"epsilon ({accountant}{delta})"
 
 
-def sigma_legend(fig: Figure, palette: dict[str, str], epsilons: dict[str, float], real: bool) -> None:
-    """A figure legend below the panels: one entry per sigma with its epsilon (and real data, if shown)."""
-    handles = [Patch(color=REAL_COLOUR, label="real data")] if real else []
+def sigma_legend(
+    fig: Figure, palette: dict[str, str], epsilons: dict[str, float], real: bool, markers: Iterable[Line2D] = ()
+) -> None:
+    """A figure legend below the panels: the markers' meanings, then one entry per sigma with its epsilon (and real
+    data, if shown)."""
+    handles = [*markers] + ([Patch(color=REAL_COLOUR, label="real data")] if real else [])
     order = sorted(palette, key=lambda s: (epsilons.get(s, math.inf), s))
     for s in order:
         eps = epsilons.get(s, math.nan)
         text = "sigma = inf (non-private)" if s == "inf" else f"sigma = {s}: epsilon = {number(eps)}"
         handles.append(Patch(color=palette[s], label=text))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 if markers else 4), frameon=False)
 
 
 def save_all(fig: Figure, outputs: Iterable[Path]) -> None:
@@ -292,7 +305,8 @@ PUBLIC_MARKER = Line2D([], [], color=PUBLIC_COLOUR, ls="--", label="public warm 
 
 
 def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, metric: str, palette, x) -> None:
-    """Single runs (hollow), mean ± SD over seeds (filled, bars where defined) and the best run (star) per sigma."""
+    """Single runs (hollow), mean ± SD over seeds (filled, bars where defined, joined over finite epsilon: the
+    privacy-utility curve) and the best run (star) per sigma."""
     mean_col, sd_col, best_col = (
         ("dsc_mean", "dsc_sd", "best_dsc") if metric == "dsc" else ("bahd_mean", "bahd_sd", "best_bahd")
     )
@@ -300,6 +314,8 @@ def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, met
         ax.plot(x(run["epsilon_rdp"]), run[metric], "o", mfc="none", mec=palette[run["sigma"]], ms=6, alpha=0.7)
         # e.g. bAHD of empty segmentations: left out of the mean, so said beside it rather than silently dropped
         mark_infinite(ax, (x(run["epsilon_rdp"]), run[metric]), run[n_inf_column(metric)], palette[run["sigma"]])
+    finite = by_sigma[np.isfinite(by_sigma["epsilon"])].sort_values("epsilon")
+    ax.plot([x(e) for e in finite["epsilon"]], finite[mean_col], "-", color="0.45", linewidth=1.2, zorder=2)
     for _, row in by_sigma.iterrows():
         colour, pos = palette[row["sigma"]], x(row["epsilon"])
         sd = row[sd_col] if not math.isnan(row[sd_col]) else None
@@ -309,12 +325,13 @@ def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, met
 
 UTILITY_MARKERS = [
     *RUN_MARKERS,
+    Line2D([], [], color="0.45", label="privacy-utility curve (means, finite epsilon)"),
     Line2D([], [], marker="*", color="0.3", ls="none", ms=12, label="best run (highest val DSC)"),
     Line2D([], [], color=REAL_COLOUR, ls="--", label="real data (mean ± SD over patients)"),
 ]
 INFINITE_MARKER = Line2D(
     [], [], marker=r"$k\infty$", color="0.3", ls="none", ms=14,
-    label="k patients with infinite bAHD (empty segmentation), left out of the mean",
+    label="k patients with empty segmentation (infinite bAHD, not in the mean)",
 )
 
 
@@ -343,8 +360,7 @@ def plot_utility(
             ax.set_ylabel(f"{split} {ylabel}")
             ax.grid(alpha=0.3)
         handles = UTILITY_MARKERS + [PUBLIC_MARKER] * (public is not None) + [INFINITE_MARKER] * infinite
-        axes[0].legend(handles=handles, loc="best", fontsize=8)
-        sigma_legend(fig, palette, sigma_epsilons(privacy), real is not None)
+        sigma_legend(fig, palette, sigma_epsilons(privacy), real is not None, handles)
         fig.suptitle(f"U-Nets trained on synthetic data, scored on the {split} patients")
         save_all(fig, outputs)
     return by_sigma
@@ -394,8 +410,7 @@ def plot_accounting(summary_path: Path, selection_path: Path, privacy_path: Path
         handles.append(Line2D([], [], color=REAL_COLOUR, ls="--", label="real data (mean ± SD over patients)"))
         if (summary["source"] == "public").any():
             handles.append(PUBLIC_MARKER)
-        axes[0].legend(handles=handles, loc="best", fontsize=8)
-        sigma_legend(fig, palette, sigma_epsilons(privacy), real=False)
+        sigma_legend(fig, palette, sigma_epsilons(privacy), False, handles)
         modes = ", ".join(sorted(privacy["mode"].dropna().unique()))
         fig.suptitle(f"Same U-Nets, epsilon under each accountant (loop mode: {modes})")
         save_all(fig, outputs)
