@@ -53,6 +53,7 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm-w8-b64-adam-ema-e1": (200, "volume", dict(**SMALL, **ADAM, batch_size=64, epochs=1), 60),
     "warm-w8-b64-rmsprop": (200, "volume", dict(**SMALL, batch_size=64, epochs=3), 60),
     "warm-w16-b32": (200, "volume", dict(epochs=3), 34),
+    "warm24-w16-b32": (200, "volume", dict(epochs=3), 24),
     "warm-w16-b32-e6": (200, "volume", dict(epochs=6), 34),
     "warm-w16-b32-e1": (200, "volume", dict(epochs=1), 34),
     "warm-w16-b32-lr1e-4": (200, "volume", dict(epochs=3, lr=1e-4), 34),
