@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from dpmra.critic import Critic
-from dpmra.dpsgd import DPGradient
+from dpmra.generators.critic import Critic
+from dpmra.privacy.dpsgd import DPGradient
 
 BATCH = 32
 CONFIGS = [(16, 32), (32, 32), (32, 96), (96, 96)]  # (width, patch): the default, wider, and the paper's
@@ -122,7 +122,7 @@ def time_config(width: int, patch: int, reps: int) -> dict[str, float]:
 
 def rss_child(sigma: float, iterations: int) -> None:
     """Paper-width training (width 96, P = 96, batch 32) for a few generator iterations; print peak RSS."""
-    from dpmra.gan import GanParams, TrainingData, WganTrainer
+    from dpmra.generators.wgan import GanParams, TrainingData, WganTrainer
 
     data = TrainingData(torch.rand(1024, 2, 96, 96) * 2 - 1, torch.arange(1024) // 256)
     params = GanParams(sigma=sigma, batch_size=BATCH)

@@ -2,8 +2,8 @@
 
 Both stages as the workflow calls them, on the same demo-sized training set (1,200 random pairs of 32 x 32 from 6
 patients; the cost does not depend on the pixels) with the default config's settings for its epsilon-10 run:
-`dpmra.gan.train_gan` (the `gan` rule: training, checkpoints, sample grids, plots) and
-`dpmra.dp_audit.run_dp_audit` (the `dp_audit` rule: the same training with 1,000 gradient canaries, then the
+`dpmra.generators.wgan.train_gan` (the `gan` rule: training, checkpoints, sample grids, plots) and
+`dpmra.evaluation.dp_audit.run_dp_audit` (the `dp_audit` rule: the same training with 1,000 gradient canaries, then the
 bound). Also the audit's training loop alone (`WganTrainer.run_epoch`, no canaries, no checkpoints), whose
 difference to the audit is what canaries, checkpoints and the bound cost. The three are interleaved per repetition
 so that machine load affects them alike; medians are reported.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpmra.dp_audit import run_dp_audit
-from dpmra.gan import GanParams, WganTrainer, load_training_set, train_gan
+from dpmra.evaluation.dp_audit import run_dp_audit
+from dpmra.generators.wgan import GanParams, WganTrainer, load_training_set, train_gan
 
 PAIRS, PATCH, PATIENTS = 1200, 32, 6
 DEMO = dict(sigma=1.003, batch_size=32, n_critic=5, lr=5e-4, width_g=16, width_d=16, latent_dim=128)

@@ -12,10 +12,10 @@ import numpy as np
 
 from timing import median_seconds
 
-from dpmra.patches import extract_patches, patient_rng, save_patches
-from dpmra.phantom import make_subject, write_subject
-from dpmra.prepare import prepare_subject
-from dpmra.volumes import load_nifti
+from dpmra.data.patches import extract_patches, patient_rng, save_patches
+from dpmra.data.phantom import make_subject, write_subject
+from dpmra.data.prepare import prepare_subject
+from dpmra.data.volumes import load_nifti
 
 REPEATS = 7
 

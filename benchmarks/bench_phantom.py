@@ -10,7 +10,7 @@ from pathlib import Path
 
 from timing import median_seconds
 
-from dpmra.phantom import SITES, make_subject, write_subject
+from dpmra.data.phantom import SITES, make_subject, write_subject
 
 REPEATS = 3
 BUDGET_S = 5.0

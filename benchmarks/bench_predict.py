@@ -19,11 +19,11 @@ from monai.inferers import sliding_window_inference
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from scipy import ndimage
 
-from dpmra.metrics import segmentation_metrics
-from dpmra.phantom import make_subject
-from dpmra.predict import Segmenter, predict_probability, slice_region, volume_windows
-from dpmra.unet import UNet
-from dpmra.volumes import normalise_intensity
+from dpmra.data.phantom import make_subject
+from dpmra.data.volumes import normalise_intensity
+from dpmra.segmentation.metrics import segmentation_metrics
+from dpmra.segmentation.predict import Segmenter, predict_probability, slice_region, volume_windows
+from dpmra.segmentation.unet import UNet
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from dpmra.quality import ssim_diversity
+from dpmra.evaluation.quality import ssim_diversity
 
 
 def patches(n: int, size: int) -> np.ndarray:

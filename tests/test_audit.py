@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dpmra import audit
-from dpmra.audit import (
+from dpmra.evaluation import memorisation as audit
+from dpmra.evaluation.memorisation import (
     AUDIT_COLUMNS,
     attack_metrics,
     audit_table,

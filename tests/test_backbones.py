@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpmra import backbones
-from dpmra.backbones import INCEPTION_WEIGHTS_FILE, hub_dir, require_backbone
+from dpmra.features import backbones
+from dpmra.features.backbones import INCEPTION_WEIGHTS_FILE, hub_dir, require_backbone
 
 
 def installed(monkeypatch, present: bool) -> None:
@@ -89,5 +89,5 @@ def test_hub_dir_is_torch_hub_get_dir(monkeypatch, env):
 
 
 def test_the_start_check_does_not_import_torch():
-    code = "import sys, dpmra.backbones; sys.exit('torch' in sys.modules)"
+    code = "import sys, dpmra.features.backbones; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -18,10 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dpmra import checkpoint
 from dpmra.cli import main
-from dpmra.critic import Critic
-from dpmra.dp_audit import (
+from dpmra.evaluation.dp_audit import (
     AuditedGradient,
     audit,
     ceiling,
@@ -32,9 +30,11 @@ from dpmra.dp_audit import (
     p_value,
     theorem_bounds,
 )
-from dpmra.dpsgd import DPGradient
-from dpmra.gan import GanParams, TrainingData, train_gan
-from dpmra.privacy import solve_sigma
+from dpmra.generators.critic import Critic
+from dpmra.generators.wgan import GanParams, TrainingData, train_gan
+from dpmra.privacy.accountants import solve_sigma
+from dpmra.privacy.dpsgd import DPGradient
+from dpmra.shared import checkpoint
 
 KEY = bytes(range(32))
 N, PATCH = 64, 8

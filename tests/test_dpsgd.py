@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from dpmra import dpsgd
-from dpmra.critic import Critic
-from dpmra.dpsgd import NORM_RTOL, BookKeepingClipper, DPGradient
+from dpmra.generators.critic import Critic
+from dpmra.privacy import dpsgd
+from dpmra.privacy.dpsgd import NORM_RTOL, BookKeepingClipper, DPGradient
 
 
 def per_sample_reference(

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from dpmra.evaluate import write_tables
-from dpmra.metrics import METRICS
+from dpmra.evaluation.tables import write_tables
+from dpmra.segmentation.metrics import METRICS
 
 
 def metric_table(path, dsc: list[float], bahd: list[float]) -> None:

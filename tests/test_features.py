@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dpmra import features
-from dpmra.features import (
+from dpmra.data.intensity import load_image_files, load_images
+from dpmra.features import extract as features
+from dpmra.features.extract import (
     INCEPTION,
     RANDOM_CNN,
     backbone_name,
     extract_features,
     resolve_backbone,
 )
-from dpmra.intensity import load_image_files, load_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +50,7 @@ def no_pytorch_fid():
 
 def test_auto_falls_back_to_the_random_cnn_without_pytorch_fid(monkeypatch, caplog):
     monkeypatch.setattr(features, "import_inception", no_pytorch_fid)
-    with caplog.at_level(logging.INFO, logger="dpmra.features"):
+    with caplog.at_level(logging.INFO, logger="dpmra.features.extract"):
         assert resolve_backbone("auto") == RANDOM_CNN
     assert "not FID" in caplog.text and "pytorch-fid" in caplog.text
     with pytest.raises(ValueError, match="pytorch-fid"):

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpmra import figures
 from dpmra.cli import main
+from dpmra.evaluation.figures import utility as figures
 
 # Two private sigmas with two seeds each, one non-private run with one seed: SD defined and undefined.
 RUNS = [  # sigma, seed, epsilon_rdp, epsilon_prv, test DSC, val DSC

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dpmra import checkpoint, gan
-from dpmra.dpsgd import NORM_RTOL
-from dpmra.gan import COLUMNS, GanParams, WganTrainer, load_training_set, sample_generator, train_gan
+from dpmra.generators import wgan as gan
+from dpmra.generators.wgan import COLUMNS, GanParams, WganTrainer, load_training_set, sample_generator, train_gan
+from dpmra.privacy.dpsgd import NORM_RTOL
+from dpmra.shared import checkpoint
 
 PATCH = 16
 N = 48
@@ -107,7 +108,7 @@ def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tm
 
     # stopped cleanly after epoch 1, then asked for 2 epochs
     train_gan(train_set, staged, replace(TINY, epochs=1), secret)
-    caplog.set_level(logging.INFO, logger="dpmra.gan")
+    caplog.set_level(logging.INFO, logger="dpmra.generators.wgan")
     train_gan(train_set, staged, TINY, secret)
     assert "resuming from" in caplog.text  # more epochs continue the run, secret streams included
     assert_same_training(final_state(staged), reference)
@@ -146,7 +147,7 @@ def test_checkpoints_of_another_run_are_discarded(train_set: Path, secret: Path,
     fresh = replace(TINY, sigma=2.0, epochs=1)
     train_gan(train_set, tmp_path / "fresh", fresh, secret)
     train_gan(train_set, tmp_path / "run", TINY, secret)
-    caplog.set_level(logging.INFO, logger="dpmra.gan")
+    caplog.set_level(logging.INFO, logger="dpmra.generators.wgan")
     train_gan(train_set, tmp_path / "run", fresh, secret)
     assert "discarding" in caplog.text and "sigma: 1.0 -> 2.0" in caplog.text
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch_001.pt"]

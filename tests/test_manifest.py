@@ -9,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from dpmra.manifest import ManifestError, check_manifest, phantom_table, read_manifest
+from dpmra.data.manifest import ManifestError, check_manifest, phantom_table, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "patient\tsite\tsplit\timage\tlabel\tbrain_mask\n"

@@ -11,9 +11,9 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from dpmra import metrics
-from dpmra.metrics import METRICS, score_files, segmentation_metrics
-from dpmra.volumes import VolumeError
+from dpmra.data.volumes import VolumeError
+from dpmra.segmentation import metrics
+from dpmra.segmentation.metrics import METRICS, score_files, segmentation_metrics
 
 SPACING = (0.5, 0.6, 0.9)
 SHAPE = (9, 8, 7)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from dpmra.critic import Critic, map_sizes
-from dpmra.generator import Generator, default_n_upsample
+from dpmra.generators.critic import Critic, map_sizes
+from dpmra.generators.generator import Generator, default_n_upsample
 
 
 @pytest.mark.parametrize("patch", [32, 96])

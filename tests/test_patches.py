@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import toy_subject
 
-from dpmra.patches import (
+from dpmra.data.patches import (
     KIND_RANDOM,
     KIND_VESSEL,
     extract_patches,

@@ -12,8 +12,8 @@ import pytest
 from nibabel.affines import apply_affine
 from scipy import ndimage
 
-from dpmra import phantom
-from dpmra.phantom import SITES, Site, Subject, make_subject, vessel_tree, write_subject
+from dpmra.data import phantom
+from dpmra.data.phantom import SITES, Site, Subject, make_subject, vessel_tree, write_subject
 
 SMALL = (48, 48, 20)
 MODERATE = {"A": (96, 96, 32), "B": (80, 80, 32)}

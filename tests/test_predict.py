@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dpmra import predict
-from dpmra.predict import (
+from dpmra.segmentation import predict
+from dpmra.segmentation.predict import (
     FN,
     FP,
     TN,
@@ -36,7 +36,7 @@ from dpmra.predict import (
     volume_windows,
     write_native,
 )
-from dpmra.unet import UNet
+from dpmra.segmentation.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import AFFINE, save, toy_subject
 
-from dpmra.prepare import prepare_subject
-from dpmra.volumes import VolumeError, derive_brain_mask, read_subject
+from dpmra.data.prepare import prepare_subject
+from dpmra.data.volumes import VolumeError, derive_brain_mask, read_subject
 
 N, P = 20, 16
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dpmra.privacy import RDP_ORDERS, Ledger, TrainingAccountant, epsilon, solve_sigma
+from dpmra.privacy.accountants import RDP_ORDERS, Ledger, TrainingAccountant, epsilon, solve_sigma
 
 N = 41_000
 Q = 32 / N

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from skimage.metrics import structural_similarity
 
-from dpmra.features import RANDOM_CNN
-from dpmra.quality import (
+from dpmra.evaluation.quality import (
     QUALITY_COLUMNS,
     fd_scores,
     feature_statistics,
@@ -24,6 +23,7 @@ from dpmra.quality import (
     tsne_embedding,
     write_quality_table,
 )
+from dpmra.features.extract import RANDOM_CNN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

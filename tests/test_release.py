@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 from conftest import ENV
 
-from dpmra import bundle
-from dpmra.bundle import BUNDLE_FILES, MANIFEST, build_bundle, find_leaks
 from dpmra.cli import main
-from dpmra.pictures import save_patch_gallery
+from dpmra.release import bundle
+from dpmra.release.bundle import BUNDLE_FILES, MANIFEST, build_bundle, find_leaks
+from dpmra.shared.pictures import save_patch_gallery
 
 P, N_SYNTH, PER_PATIENT = 16, 12, 8
 SOURCE = "sigma~1/seed~0"

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from dpmra import checkpoint, gan
 from dpmra.cli import main
-from dpmra.critic import Critic
-from dpmra.dpsgd import NORM_RTOL, DPGradient
-from dpmra.gan import GanParams, TrainingData, WganTrainer, run_name, train_gan
-from dpmra.plan import sampling
-from dpmra.privacy import default_delta, delta_warning, group_privacy, resolve_delta
-from dpmra.secret import KEY_BYTES, create_key, derive_seed, load_key, read_key
-from dpmra.synth import ReleaseParams, release_dataset
+from dpmra.generators import wgan as gan
+from dpmra.generators.critic import Critic
+from dpmra.generators.wgan import GanParams, TrainingData, WganTrainer, run_name, train_gan
+from dpmra.privacy.accountants import default_delta, delta_warning, group_privacy, resolve_delta
+from dpmra.privacy.dpsgd import NORM_RTOL, DPGradient
+from dpmra.privacy.plan import sampling
+from dpmra.privacy.secret import KEY_BYTES, create_key, derive_seed, load_key, read_key
+from dpmra.release.synth import ReleaseParams, release_dataset
+from dpmra.shared import checkpoint
 
 PATCH = 16
 N = 40

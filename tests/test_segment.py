@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dpmra import checkpoint, segment
-from dpmra.predict import load_model
-from dpmra.segment import (
+from dpmra.segmentation import training as segment
+from dpmra.segmentation.predict import load_model
+from dpmra.segmentation.training import (
     UnetParams,
     UnetTrainer,
     augment,
@@ -23,7 +23,8 @@ from dpmra.segment import (
     load_sources,
     train_unet,
 )
-from dpmra.unet import UNet
+from dpmra.segmentation.unet import UNet
+from dpmra.shared import checkpoint
 
 PATCH = 16
 TINY = UnetParams(lr=3e-3, dropout=0.1, augment=True, batch_size=16, epochs=2, base_width=4, seed=5)
@@ -226,7 +227,7 @@ def test_checkpoint_of_another_run_is_discarded(trained, sources, tmp_path, capl
     shutil.copytree(trained, run)
     params = {"lr": replace(TINY, lr=1e-3), "epochs": replace(TINY, epochs=1), "data": TINY}[change]
     data = sources[:1] if change == "data" else sources
-    caplog.set_level(logging.INFO, logger="dpmra.segment")
+    caplog.set_level(logging.INFO, logger="dpmra.segmentation.training")
     train_unet(data, run, params)
     assert reason in caplog.text
     train_unet(data, tmp_path / "straight", params)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpmra.gan import GanParams, train_gan
-from dpmra import checkpoint
-from dpmra.features import RANDOM_CNN
-from dpmra.synth import ReleaseParams, Validation, generate, release_dataset, to_dataset
+from dpmra.features.extract import RANDOM_CNN
+from dpmra.generators.wgan import GanParams, train_gan
+from dpmra.release.synth import ReleaseParams, Validation, generate, release_dataset, to_dataset
+from dpmra.shared import checkpoint
 
 PATCH = 16
 
@@ -142,7 +142,7 @@ def test_card_states_the_patch_and_patient_guarantees(trained: Path, tmp_path: P
 
 def test_volume_scale_release_shares_the_real_patches_scale(tmp_path: Path):
     """Real patches mapped by the training set's volume rule and released back land on their own 0..255 values."""
-    from dpmra.patches import scale_volume_to_unit_range
+    from dpmra.data.patches import scale_volume_to_unit_range
 
     real = np.random.default_rng(3).uniform(0, 255, (5, 4, 4)).astype(np.float32)
     real[0] = 40.0  # a flat patch keeps its level (per-patch min-max would move it to the midpoint)
@@ -156,7 +156,7 @@ def test_volume_scale_release_shares_the_real_patches_scale(tmp_path: Path):
 
 def test_public_and_warm_started_cards(tmp_path: Path):
     """A public run's card says it saw no private data; a warm-started run's card states what was public."""
-    from dpmra.synth import guarantee, public_pretraining
+    from dpmra.release.synth import guarantee, public_pretraining
 
     stored = {"epsilon": {"epsilon_rdp": 0.0}, "delta": 1e-4, "unit": "patch", "max_patches_per_patient": 10,
               "params": {"public": True}}

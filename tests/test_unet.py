@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpmra.unet import UNet, dice_loss
+from dpmra.segmentation.unet import UNet, dice_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dpmra.metrics import segmentation_metrics
-from dpmra.patches import extract_patches, patient_rng, save_patches
-from dpmra.phantom import make_subject
-from dpmra.predict import Segmenter, load_model, predict_probability
-from dpmra.segment import UnetParams, train_unet
-from dpmra.volumes import normalise_intensity
+from dpmra.data.patches import extract_patches, patient_rng, save_patches
+from dpmra.data.phantom import make_subject
+from dpmra.data.volumes import normalise_intensity
+from dpmra.segmentation.metrics import segmentation_metrics
+from dpmra.segmentation.predict import Segmenter, load_model, predict_probability
+from dpmra.segmentation.training import UnetParams, train_unet
 
 SHAPE, P = (64, 64, 24), 16
 

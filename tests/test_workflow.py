@@ -13,8 +13,8 @@ import pytest
 import yaml
 from conftest import ENV, ROOT, save, snakemake, toy_subject
 
-from dpmra.gan import sample_generator
-from dpmra.privacy import epsilon
+from dpmra.generators.wgan import sample_generator
+from dpmra.privacy.accountants import epsilon
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -273,7 +273,7 @@ def test_tiny_run_release_bundles_hold_no_private_data(tiny_run):
     and neither holds a real patch (any patient's), a patient id, the secret key or fd_train."""
     from test_release import check_manifest
 
-    from dpmra.bundle import find_leaks
+    from dpmra.release.bundle import find_leaks
 
     config = ["--configfile", str(ROOT / "config/test.yaml")]
     result = snakemake(tiny_run.parent, "release", *config)

@@ -12,7 +12,7 @@ log = logging.getLogger("dpmra")
 
 def cmd_phantom(args: argparse.Namespace) -> None:
     """Write one phantom subject."""
-    from dpmra.phantom import make_subject, write_subject
+    from dpmra.data.phantom import make_subject, write_subject
 
     subject = make_subject(args.site, args.seed, tuple(args.shape) if args.shape else None)
     paths = write_subject(subject, args.out)
@@ -21,7 +21,7 @@ def cmd_phantom(args: argparse.Namespace) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     """Validate one patient's volumes and write them canonical and normalised."""
-    from dpmra.prepare import prepare_subject
+    from dpmra.data.prepare import prepare_subject
 
     prepare_subject(
         args.patient, args.image, args.label, args.brain_mask, args.patches_per_patient, args.patch_size, args.out
@@ -30,7 +30,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_patches(args: argparse.Namespace) -> None:
     """Cut one prepared patient's patches."""
-    from dpmra.patches import patient_patches
+    from dpmra.data.patches import patient_patches
 
     patient_patches(
         args.patient, args.image, args.label, args.brain_mask, args.patches_per_patient, args.patch_size, args.seed,
@@ -40,7 +40,7 @@ def cmd_patches(args: argparse.Namespace) -> None:
 
 def cmd_training_set(args: argparse.Namespace) -> None:
     """Assemble the GAN training set from the train split's patches."""
-    from dpmra.patches import training_set
+    from dpmra.data.patches import training_set
 
     training_set(args.patches, args.out, args.gallery, intensity=args.intensity)
 
@@ -49,8 +49,8 @@ def cmd_epsilon(args: argparse.Namespace) -> None:
     """Print epsilon for a planned sigma, or the sigma that meets a planned epsilon, per patch or per patient."""
     import json
 
-    from dpmra.plan import fresh_steps
-    from dpmra.privacy import epsilon, group_privacy, solve_sigma
+    from dpmra.privacy.accountants import epsilon, group_privacy, solve_sigma
+    from dpmra.privacy.plan import fresh_steps
 
     steps = args.steps if args.steps is not None else fresh_steps(args.epochs, args.sample_rate, args.n_critic)
     sigma = args.sigma
@@ -92,8 +92,8 @@ def set_torch_threads(threads: int) -> None:
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
     """Train (or resume) one GAN."""
-    from dpmra.gan import GanParams, train_gan
-    from dpmra.privacy import PAPER_DELTA
+    from dpmra.generators.wgan import GanParams, train_gan
+    from dpmra.privacy.accountants import PAPER_DELTA
 
     set_torch_threads(args.threads)
     delta = args.delta if args.delta in (None, PAPER_DELTA) else float(args.delta)
@@ -126,7 +126,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
 
 def cmd_secret_key(args: argparse.Namespace) -> None:
     """Create the secret key file once; never print it."""
-    from dpmra.secret import create_key, read_key
+    from dpmra.privacy.secret import create_key, read_key
 
     created = create_key(args.out)
     read_key(args.out)
@@ -136,7 +136,7 @@ def cmd_secret_key(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     """Sample one trained generator into a released dataset with its privacy card."""
-    from dpmra.synth import ReleaseParams, Validation, release_dataset
+    from dpmra.release.synth import ReleaseParams, Validation, release_dataset
 
     set_torch_threads(args.threads)
     release = ReleaseParams(
@@ -154,7 +154,7 @@ def cmd_metrics(args: argparse.Namespace) -> None:
     """Print the segmentation metrics of one prediction against its ground truth."""
     import json
 
-    from dpmra.metrics import score_files
+    from dpmra.segmentation.metrics import score_files
 
     scores = score_files(args.truth, args.prediction, args.mask)
     if args.json:
@@ -165,7 +165,7 @@ def cmd_metrics(args: argparse.Namespace) -> None:
 
 def cmd_train_unet(args: argparse.Namespace) -> None:
     """Train (or resume) one U-Net."""
-    from dpmra.segment import UnetParams, train_unet
+    from dpmra.segmentation.training import UnetParams, train_unet
 
     set_torch_threads(args.threads)
     params = UnetParams(
@@ -182,7 +182,7 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """Segment prepared patients with one trained U-Net."""
-    from dpmra.predict import predict_patients
+    from dpmra.segmentation.predict import predict_patients
 
     set_torch_threads(args.threads)
     predict_patients(
@@ -192,21 +192,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     """Score one split's segmentations."""
-    from dpmra.evaluate import score_split
+    from dpmra.evaluation.tables import score_split
 
     score_split(args.patients, args.data, args.predictions, args.out)
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
     """Select the best U-Net setting per source and write the summary tables."""
-    from dpmra.evaluate import write_tables
+    from dpmra.evaluation.tables import write_tables
 
     write_tables(args.metrics, args.gan, args.sources, args.settings, args.splits, args.out)
 
 
 def cmd_quality(args: argparse.Namespace) -> None:
     """Fréchet distances and SSIM diversity of one synthetic dataset."""
-    from dpmra.quality import run_quality
+    from dpmra.evaluation.quality import run_quality
 
     set_torch_threads(args.threads)
     run_quality(
@@ -216,7 +216,7 @@ def cmd_quality(args: argparse.Namespace) -> None:
 
 def cmd_ssim(args: argparse.Namespace) -> None:
     """SSIM diversity of real patches, the quality table's reference row."""
-    from dpmra.quality import run_ssim_real
+    from dpmra.evaluation.quality import run_ssim_real
 
     set_torch_threads(args.threads)
     run_ssim_real(args.patches, args.out, args.ssim_images, args.seed)
@@ -224,7 +224,7 @@ def cmd_ssim(args: argparse.Namespace) -> None:
 
 def cmd_tsne(args: argparse.Namespace) -> None:
     """t-SNE table of real and synthetic patches."""
-    from dpmra.quality import run_tsne
+    from dpmra.evaluation.quality import run_tsne
 
     groups = {}
     for name, *files in args.group:
@@ -237,28 +237,28 @@ def cmd_tsne(args: argparse.Namespace) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> None:
     """Memorisation / distance-to-closest-record check of one synthetic dataset."""
-    from dpmra.audit import run_audit
+    from dpmra.evaluation.memorisation import run_audit
 
     run_audit(args.synthetic, args.train, args.holdout, args.out, args.seed, args.n_bootstrap)
 
 
 def cmd_quality_table(args: argparse.Namespace) -> None:
     """Collect quality JSONs and privacy cards into quality.tsv."""
-    from dpmra.quality import write_quality_table
+    from dpmra.evaluation.quality import write_quality_table
 
     write_quality_table(args.quality, args.cards, args.real_ssim, args.out)
 
 
 def cmd_audit_table(args: argparse.Namespace) -> None:
     """Collect audit JSONs and privacy cards into audit.tsv."""
-    from dpmra.audit import write_audit_table
+    from dpmra.evaluation.memorisation import write_audit_table
 
     write_audit_table(args.audit, args.cards, args.out)
 
 
 def cmd_audit_dp(args: argparse.Namespace) -> None:
     """One-run canary audit of a GAN run's DP mechanism (run), the table of every audit (table), its figure."""
-    from dpmra import dp_audit
+    from dpmra.evaluation import dp_audit
 
     if args.step == "run":
         set_torch_threads(args.threads)
@@ -274,21 +274,21 @@ def cmd_audit_dp(args: argparse.Namespace) -> None:
 
 def cmd_release(args: argparse.Namespace) -> None:
     """Write the shareable bundle (folder and zip) of one synthetic dataset."""
-    from dpmra.bundle import build_bundle
+    from dpmra.release.bundle import build_bundle
 
     build_bundle(args.synth, args.quality, args.summary, args.selection, args.out, args.zip)
 
 
 def cmd_privacy_table(args: argparse.Namespace) -> None:
     """Gather every GAN run's privacy card into privacy.tsv and its HTML page."""
-    from dpmra.figures import write_privacy_table
+    from dpmra.evaluation.figures.utility import write_privacy_table
 
     write_privacy_table(args.cards, args.out, args.html)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
     """Draw one report figure from files under results/ (one file per --out, format by suffix)."""
-    from dpmra import figures
+    from dpmra.evaluation.figures import utility as figures
 
     draw = {
         "samples": lambda: figures.plot_samples(args.train_set, args.synth, args.privacy, args.out),
@@ -312,7 +312,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 def cmd_table_html(args: argparse.Namespace) -> None:
     """Render one result table as an HTML page for the report."""
-    from dpmra import figures
+    from dpmra.evaluation.figures import utility as figures
 
     render = {
         "table1": lambda: figures.write_table1_html(args.table1, args.selection, args.out),

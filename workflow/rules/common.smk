@@ -4,13 +4,19 @@ import re
 import pandas as pd
 from snakemake.utils import validate
 
-from dpmra.manifest import check_manifest, phantom_table, read_manifest
-from dpmra.plan import gan_sigmas, parse_sigma, sampling, sigma_label, unet_settings
+from dpmra.data.manifest import check_manifest, phantom_table, read_manifest
+from dpmra.privacy.plan import (
+    gan_sigmas,
+    parse_sigma,
+    sampling,
+    sigma_label,
+    unet_settings,
+)
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 # A run asking for the paper's FID stops here, before any job, when pytorch-fid or its weights are missing.
 if config["quality"]["backbone"] == "inception-v3":
-    from dpmra.backbones import require_backbone
+    from dpmra.features.backbones import require_backbone
 
     require_backbone(config["quality"]["backbone"], config["quality"]["weights"])
 

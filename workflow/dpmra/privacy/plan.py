@@ -53,7 +53,7 @@ def sampling(gan: dict, privacy: dict, n_patients: int, per_patient: int) -> Sam
     """The units, q and delta of the config's GAN runs; a delta above 1/N is refused naming `gan.delta`."""
     # Imported here: the accountant loads torch and Opacus, which every Snakemake start (plan is read by
     # common.smk) would otherwise pay, seconds per job on a cluster.
-    from dpmra.privacy import resolve_delta
+    from dpmra.privacy.accountants import resolve_delta
 
     patient_unit = privacy["unit"] == "patient"
     units = n_patients if patient_unit else n_patients * per_patient
@@ -67,7 +67,7 @@ def sigma_for_epsilon(target: float, plan: Sampling, gan: dict) -> float:
     fresh: n_critic charges at sigma per generator iteration; paper: the reused batch is one charge
     per generator iteration at sigma / sqrt(n_critic) (docs/design.md §2.2).
     """
-    from dpmra.privacy import solve_sigma
+    from dpmra.privacy.accountants import solve_sigma
 
     q = plan.sample_rate
     if gan["mode"] == "fresh":

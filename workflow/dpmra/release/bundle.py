@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpmra.atomic import write_atomic, write_json
+from dpmra.shared.atomic import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 

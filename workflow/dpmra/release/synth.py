@@ -19,19 +19,20 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from dpmra import __version__, checkpoint
-from dpmra.atomic import write_atomic, write_json
-from dpmra.features import (
+from dpmra import __version__
+from dpmra.data.intensity import load_images, rescale_patches
+from dpmra.features.extract import (
     backbone_name,
     extract_features,
     feature_statistics,
     frechet_distance,
     resolve_backbone,
 )
-from dpmra.generator import build_generator, sample_pairs
-from dpmra.intensity import load_images, rescale_patches
-from dpmra.pictures import save_patch_gallery
-from dpmra.privacy import delta_warning, group_privacy
+from dpmra.generators.generator import build_generator, sample_pairs
+from dpmra.privacy.accountants import delta_warning, group_privacy
+from dpmra.shared import checkpoint
+from dpmra.shared.atomic import write_atomic, write_json
+from dpmra.shared.pictures import save_patch_gallery
 
 log = logging.getLogger(__name__)
 

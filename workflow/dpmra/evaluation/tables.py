@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpmra.metrics import METRICS, score_files
-from dpmra.atomic import write_tsv
+from dpmra.segmentation.metrics import METRICS, score_files
+from dpmra.shared.atomic import write_tsv
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from dpmra.pictures import save_patch_gallery
-from dpmra.atomic import write_atomic
-from dpmra.intensity import rescale_patches
-from dpmra.volumes import load_nifti, patch_fits
+from dpmra.data.intensity import rescale_patches
+from dpmra.data.volumes import load_nifti, patch_fits
+from dpmra.shared.atomic import write_atomic
+from dpmra.shared.pictures import save_patch_gallery
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dpmra.pictures import save_mip
-from dpmra.volumes import check_patch_capacity, normalise_intensity, read_subject, save_json, save_nifti
+from dpmra.data.volumes import check_patch_capacity, normalise_intensity, read_subject, save_json, save_nifti
+from dpmra.shared.pictures import save_mip
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ batches outside the DP mechanism: they are for the operator, not for release. Th
 generator and its samples are covered by the reported epsilon (post-processing).
 
 Randomness: the streams the guarantee relies on (Poisson sampling and the Gaussian noise)
-are seeded from the secret key (``dpmra.secret``) and the run's settings, never from a
+are seeded from the secret key (``dpmra.privacy.secret``) and the run's settings, never from a
 value that appears in an output; the public streams (initial weights, latent vectors, the
 fixed sample grid) come from the run seed. Checkpoints store the secret streams' states and
 stay private like the key.
@@ -53,13 +53,13 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dpmra import checkpoint
-from dpmra.critic import Critic
-from dpmra.devices import default_device
-from dpmra.dpsgd import DPGradient
-from dpmra.generator import Generator, build_generator, sample_pairs
-from dpmra.privacy import PAPER_DELTA, TrainingAccountant, resolve_delta
-from dpmra.secret import derive_seed, load_key
+from dpmra.generators.critic import Critic
+from dpmra.generators.generator import Generator, build_generator, sample_pairs
+from dpmra.privacy.accountants import PAPER_DELTA, TrainingAccountant, resolve_delta
+from dpmra.privacy.dpsgd import DPGradient
+from dpmra.privacy.secret import derive_seed, load_key
+from dpmra.shared import checkpoint
+from dpmra.shared.devices import default_device
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from dpmra.atomic import write_tsv
-from dpmra.cards import card_epsilon, read_card
-from dpmra.html_tables import Section, mean_sd, number, write_page
-from dpmra.pictures import mip_extent, new_figure, save_figure
+from dpmra.release.cards import card_epsilon, read_card
+from dpmra.shared.atomic import write_tsv
+from dpmra.shared.html_tables import Section, mean_sd, number, write_page
+from dpmra.shared.pictures import mip_extent, new_figure, save_figure
 
 SOURCE = re.compile(r"sigma~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
 PRIVACY_COLUMNS = [

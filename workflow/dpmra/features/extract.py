@@ -23,8 +23,8 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from dpmra.backbones import BACKBONES, FID_INSTALL, INCEPTION, RANDOM_CNN, hub_weights, missing_weights_reason
-from dpmra.devices import default_device
+from dpmra.features.backbones import BACKBONES, FID_INSTALL, INCEPTION, RANDOM_CNN, hub_weights, missing_weights_reason
+from dpmra.shared.devices import default_device
 
 log = logging.getLogger(__name__)
 

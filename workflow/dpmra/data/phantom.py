@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from dpmra.pictures import save_mip
-from dpmra.volumes import save_nifti
+from dpmra.data.volumes import save_nifti
+from dpmra.shared.pictures import save_mip
 
 MIN_AXIS = 16
 REFERENCE_FOV_MM = (96.0, 96.0, 44.8)  # the FOV at which the anatomy has scale 1

@@ -2,7 +2,7 @@
 
 Members are the training patches the GAN saw; non-members (held out) are patches of patients it never saw
 (val/test). Distances are Euclidean over the image pixels of a patch, after per-patch min-max scaling to 0..255
-(`dpmra.intensity.load_images`: the release's rule for generated images, applied to real patches too, so both
+(`dpmra.data.intensity.load_images`: the release's rule for generated images, applied to real patches too, so both
 sides share one scale); the label is left out, because it is derived from the image's vessels and its 0/255
 pixels would swamp the intensity differences.
 """
@@ -20,9 +20,9 @@ import pandas as pd
 from sklearn.metrics import auc, roc_curve
 from tqdm import tqdm
 
-from dpmra.atomic import write_json, write_tsv
-from dpmra.cards import card_columns
-from dpmra.intensity import load_image_files
+from dpmra.data.intensity import load_image_files
+from dpmra.release.cards import card_columns
+from dpmra.shared.atomic import write_json, write_tsv
 
 log = logging.getLogger(__name__)
 

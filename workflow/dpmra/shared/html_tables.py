@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpmra.atomic import write_atomic
+from dpmra.shared.atomic import write_atomic
 
 STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 14px; margin: 1em; color: #111; background: #fff; }

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from dpmra.atomic import write_atomic
+from dpmra.shared.atomic import write_atomic
 
 AFFINE_ATOL_MM = 1e-3
 NORMALISATION_PERCENTILES = (0.5, 99.5)

@@ -29,10 +29,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from torch import Tensor
 from tqdm import tqdm
 
-from dpmra import checkpoint
-from dpmra.devices import default_device
-from dpmra.unet import MULTIPLE, UNet
-from dpmra.volumes import (
+from dpmra.data.volumes import (
     AFFINE_ATOL_MM,
     VolumeError,
     binary_values,
@@ -40,6 +37,9 @@ from dpmra.volumes import (
     load_nifti,
     save_nifti,
 )
+from dpmra.segmentation.unet import MULTIPLE, UNet
+from dpmra.shared import checkpoint
+from dpmra.shared.devices import default_device
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from dpmra.volumes import binary_values, check_same_grid, load_nifti
+from dpmra.data.volumes import binary_values, check_same_grid, load_nifti
 
 METRICS = ("dsc", "bahd_mm", "hd95_mm", "sensitivity", "precision", "avd", "assd_mm", "hd95_voxels_mm")
 """Metric names in output order: new ones are appended, so existing columns keep their positions."""

@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from dpmra.atomic import write_atomic
+from dpmra.shared.atomic import write_atomic
 
 
 def new_figure(**kwargs) -> Figure:

@@ -1,6 +1,6 @@
 """Quality stage: Fréchet distances to real train and test patches, SSIM diversity, t-SNE, and the quality table.
 
-Every image set, real or synthetic, is first min-max scaled per patch to 0..255 (`dpmra.intensity.load_images`,
+Every image set, real or synthetic, is first min-max scaled per patch to 0..255 (`dpmra.data.intensity.load_images`,
 the rule the release applies to generated images), so both sides of a comparison share one scale.
 """
 
@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.manifold import TSNE
 
-from dpmra.atomic import write_json, write_tsv
-from dpmra.cards import card_columns
-from dpmra.features import (
+from dpmra.data.intensity import load_images
+from dpmra.features.extract import (
     backbone_name,
     extract_features,
     feature_statistics,
     frechet_distance,
     resolve_backbone,
 )
-from dpmra.intensity import load_images
+from dpmra.release.cards import card_columns
+from dpmra.shared.atomic import write_json, write_tsv
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""U-Net stage: train the half U-Net on (real or synthetic) patches (prediction: ``dpmra.predict``).
+"""U-Net stage: train the half U-Net on (real or synthetic) patches (prediction: ``dpmra.segmentation.predict``).
 
 Training (``train_unet``) follows the paper's public Keras code (Livne et al. 2019): inputs
 normalised with the training patches' mean and standard deviation (one scalar each, stored
@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from dpmra import checkpoint
-from dpmra.atomic import write_atomic
-from dpmra.devices import default_device
-from dpmra.unet import MULTIPLE, UNet, dice_loss
+from dpmra.segmentation.unet import MULTIPLE, UNet, dice_loss
+from dpmra.shared import checkpoint
+from dpmra.shared.atomic import write_atomic
+from dpmra.shared.devices import default_device
 
 logger = logging.getLogger(__name__)
 

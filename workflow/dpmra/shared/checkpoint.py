@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dpmra.atomic import write_atomic
+from dpmra.shared.atomic import write_atomic
 
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
 

@@ -1,0 +1,1 @@
+"""Evaluation: scores and tables, synthetic-data quality, the memorisation check, the DP audit, the figures."""

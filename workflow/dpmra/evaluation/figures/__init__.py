@@ -1,0 +1,1 @@
+"""The report's figures and HTML tables, one module per topic."""

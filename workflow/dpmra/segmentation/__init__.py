@@ -1,0 +1,1 @@
+"""Segmentation: the U-Net, its training, whole-volume prediction and the segmentation metrics."""

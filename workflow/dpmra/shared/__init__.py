@@ -1,0 +1,1 @@
+"""Shared ground floor: atomic writes, checkpoint files, the torch device, pictures and HTML tables (no stage)."""
