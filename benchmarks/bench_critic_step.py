@@ -122,7 +122,9 @@ def time_config(width: int, patch: int, reps: int) -> dict[str, float]:
 
 def rss_child(sigma: float, iterations: int) -> None:
     """Paper-width training (width 96, P = 96, batch 32) for a few generator iterations; print peak RSS."""
-    from dpmra.generators.wgan import GanParams, TrainingData, WganTrainer
+    from dpmra.generators.interface import TrainingData
+    from dpmra.generators.params import GanParams
+    from dpmra.generators.wgan import WganTrainer
 
     data = TrainingData(torch.rand(1024, 2, 96, 96) * 2 - 1, torch.arange(1024) // 256)
     params = GanParams(sigma=sigma, batch_size=BATCH)

@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 from dpmra.evaluation.dp_audit import run_dp_audit
-from dpmra.generators.wgan import GanParams, WganTrainer, load_training_set, train_gan
+from dpmra.generators.interface import load_training_set
+from dpmra.generators.params import GanParams
+from dpmra.generators.train import train_gan
+from dpmra.generators.wgan import WganTrainer
 
 PAIRS, PATCH, PATIENTS = 1200, 32, 6
 DEMO = dict(sigma=1.003, batch_size=32, n_critic=5, lr=5e-4, width_g=16, width_d=16, latent_dim=128)

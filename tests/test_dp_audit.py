@@ -31,7 +31,9 @@ from dpmra.evaluation.dp_audit import (
     theorem_bounds,
 )
 from dpmra.generators.critic import Critic
-from dpmra.generators.wgan import GanParams, TrainingData, train_gan
+from dpmra.generators.interface import TrainingData
+from dpmra.generators.params import GanParams
+from dpmra.generators.train import train_gan
 from dpmra.privacy.accountants import solve_sigma
 from dpmra.privacy.dpsgd import DPGradient
 from dpmra.shared import checkpoint

@@ -13,8 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dpmra.generators import wgan as gan
-from dpmra.generators.wgan import COLUMNS, GanParams, WganTrainer, load_training_set, sample_generator, train_gan
+from dpmra.generators import train
+from dpmra.generators.interface import COLUMNS, load_training_set, sample_generator
+from dpmra.generators.params import GanParams
+from dpmra.generators.train import train_gan
+from dpmra.generators.warm_start import load_warm_start
+from dpmra.generators.wgan import WganTrainer
 from dpmra.privacy.dpsgd import NORM_RTOL
 from dpmra.shared import checkpoint
 
@@ -100,7 +104,7 @@ def test_non_private_run_writes_outputs_and_critic_learns(train_set: Path, secre
 
 def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tmp_path: Path, monkeypatch, caplog) -> None:
     """Bit-identical on CPU (GPU kernels need not be deterministic)."""
-    monkeypatch.setattr(gan, "default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(train, "default_device", lambda: torch.device("cpu"))
     whole, staged, killed = tmp_path / "whole", tmp_path / "staged", tmp_path / "killed"
     train_gan(train_set, whole, TINY, secret)
     reference = final_state(whole)
@@ -108,7 +112,7 @@ def test_kill_and_resume_matches_uninterrupted(train_set: Path, secret: Path, tm
 
     # stopped cleanly after epoch 1, then asked for 2 epochs
     train_gan(train_set, staged, replace(TINY, epochs=1), secret)
-    caplog.set_level(logging.INFO, logger="dpmra.generators.wgan")
+    caplog.set_level(logging.INFO, logger="dpmra.generators.train")
     train_gan(train_set, staged, TINY, secret)
     assert "resuming from" in caplog.text  # more epochs continue the run, secret streams included
     assert_same_training(final_state(staged), reference)
@@ -147,7 +151,7 @@ def test_checkpoints_of_another_run_are_discarded(train_set: Path, secret: Path,
     fresh = replace(TINY, sigma=2.0, epochs=1)
     train_gan(train_set, tmp_path / "fresh", fresh, secret)
     train_gan(train_set, tmp_path / "run", TINY, secret)
-    caplog.set_level(logging.INFO, logger="dpmra.generators.wgan")
+    caplog.set_level(logging.INFO, logger="dpmra.generators.train")
     train_gan(train_set, tmp_path / "run", fresh, secret)
     assert "discarding" in caplog.text and "sigma: 1.0 -> 2.0" in caplog.text
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch_001.pt"]
@@ -260,7 +264,7 @@ def test_warm_start_from_a_public_run(train_set: Path, secret: Path, tmp_path: P
     table = pd.read_csv(tmp_path / "public" / "epochs.tsv", sep="\t")
     assert (table["epsilon_rdp"] == 0).all() and (table["epsilon_prv"] == 0).all()
     stored = checkpoint.load(tmp_path / "public" / "generator.pt")
-    warm = gan.load_warm_start(tmp_path / "public" / "generator.pt")
+    warm = load_warm_start(tmp_path / "public" / "generator.pt")
     trainer = WganTrainer(load_training_set(train_set), TINY, torch.device("cpu"), KEY, warm)
     assert all(torch.equal(v, trainer.generator.state_dict()[k]) for k, v in stored["state_dict"].items())
     assert all(torch.equal(v, trainer.critic.state_dict()[k]) for k, v in stored["critic"].items())
@@ -268,7 +272,7 @@ def test_warm_start_from_a_public_run(train_set: Path, secret: Path, tmp_path: P
     train_gan(train_set, tmp_path / "private", TINY, secret, tmp_path / "public" / "generator.pt")
     assert checkpoint.load(tmp_path / "private" / "generator.pt")["pretrained"] == trainer.pretrained
     with pytest.raises(ValueError, match="not the generator.pt of a run on a public training set"):
-        gan.load_warm_start(tmp_path / "private" / "generator.pt")
+        load_warm_start(tmp_path / "private" / "generator.pt")
     with pytest.raises(ValueError, match="needs no noise"):
         replace(TINY, public=True)
 
@@ -277,7 +281,7 @@ def test_warm_start_continues_the_public_optimiser_statistics(train_set: Path, s
     """RMSprop's square averages come from the public run, so the first private step is about lr, not 10 lr."""
     public = replace(TINY, sigma=math.inf, public=True, epochs=1, lr=1e-3)
     train_gan(train_set, tmp_path / "public", public, secret)
-    warm = gan.load_warm_start(tmp_path / "public" / "generator.pt")
+    warm = load_warm_start(tmp_path / "public" / "generator.pt")
     private = replace(TINY, lr=2e-4)
     trainer = WganTrainer(load_training_set(train_set), private, torch.device("cpu"), KEY, warm)
     stored = warm["optimizers"]["opt_d"]["state"]

@@ -14,14 +14,18 @@ import pytest
 import torch
 
 from dpmra.cli import main
-from dpmra.generators import wgan as gan
+from dpmra.generators import train
 from dpmra.generators.critic import Critic
-from dpmra.generators.wgan import GanParams, TrainingData, WganTrainer, run_name, train_gan
+from dpmra.generators.interface import load_training_set
+from dpmra.generators.params import GanParams
+from dpmra.generators.train import train_gan
+from dpmra.generators.wgan import SECRET_STREAMS, WganTrainer, run_name
 from dpmra.privacy.accountants import default_delta, delta_warning, group_privacy, resolve_delta
 from dpmra.privacy.dpsgd import NORM_RTOL, DPGradient
 from dpmra.privacy.plan import sampling
 from dpmra.privacy.secret import KEY_BYTES, create_key, derive_seed, load_key, read_key
-from dpmra.release.synth import ReleaseParams, release_dataset
+from dpmra.release.params import ReleaseParams
+from dpmra.release.synth import release_dataset
 from dpmra.shared import checkpoint
 
 PATCH = 16
@@ -90,14 +94,14 @@ def test_secret_key_command_creates_and_keeps_the_key(tmp_path: Path, capsys) ->
 
 def test_keys_not_seeds_decide_the_noise(train_set: Path, tmp_path: Path, monkeypatch) -> None:
     """Same seed, other key: other batches, noise and weights. Same key and seed: bit-identical."""
-    monkeypatch.setattr(gan, "default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(train, "default_device", lambda: torch.device("cpu"))
     runs = {}
     for name, fill in (("a", 1), ("b", 1), ("c", 2)):
         train_gan(train_set, tmp_path / name, PARAMS, key_file(tmp_path, fill))
         runs[name] = checkpoint.load(tmp_path / name / "generator.pt")["state_dict"]
     assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
-    data = gan.load_training_set(train_set)
+    data = load_training_set(train_set)
     noise = [
         WganTrainer(data, PARAMS, torch.device("cpu"), bytes([fill]) * 32).rng["noise"].initial_seed()
         for fill in (1, 2)
@@ -106,7 +110,7 @@ def test_keys_not_seeds_decide_the_noise(train_set: Path, tmp_path: Path, monkey
 
 
 def test_initial_weights_follow_the_public_seed_only(train_set: Path) -> None:
-    data = gan.load_training_set(train_set)
+    data = load_training_set(train_set)
     a = WganTrainer(data, PARAMS, torch.device("cpu"), bytes(32))
     b = WganTrainer(data, PARAMS, torch.device("cpu"), bytes([7]) * 32)
     assert all(torch.equal(p, q) for p, q in zip(a.generator.parameters(), b.generator.parameters()))
@@ -119,7 +123,7 @@ def test_no_output_holds_the_key_or_the_derived_seeds(train_set: Path, tmp_path:
     key = read_key(secret)
     train_gan(train_set, tmp_path / "gan", PARAMS, secret)
     release_dataset(tmp_path / "gan" / "generator.pt", tmp_path / "synth", ReleaseParams(n=8), "run")
-    seeds = [derive_seed(key, run_name(PARAMS), s) for s in gan.SECRET_STREAMS]
+    seeds = [derive_seed(key, run_name(PARAMS), s) for s in SECRET_STREAMS]
     needles = [key, key.hex().encode()]
     for seed in seeds:
         needles += [str(seed).encode(), seed.to_bytes(8, "little"), seed.to_bytes(8, "big")]
@@ -139,7 +143,7 @@ def test_more_epochs_continue_the_same_secret_streams() -> None:
 
 def test_checkpoints_of_another_key_are_not_resumed(train_set: Path, tmp_path: Path) -> None:
     train_gan(train_set, tmp_path / "run", PARAMS, key_file(tmp_path, 1))
-    trainer = WganTrainer(gan.load_training_set(train_set), PARAMS, torch.device("cpu"), bytes([2]) * 32)
+    trainer = WganTrainer(load_training_set(train_set), PARAMS, torch.device("cpu"), bytes([2]) * 32)
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "epoch_001.pt")
     assert trainer.resume_conflict(state) == "made with another secret key"
 
@@ -235,7 +239,7 @@ def test_a_batch_must_split_into_whole_patients() -> None:
 
 def test_patient_unit_samples_patients_at_rate_q(train_set: Path) -> None:
     params = replace(PARAMS, unit="patient", patient_batch=1.0, patient_patches=3)
-    trainer = WganTrainer(gan.load_training_set(train_set), params, torch.device("cpu"), bytes(32))
+    trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"), bytes(32))
     assert trainer.units == 4 and trainer.sample_rate == 0.25 and trainer.expected_batch == 3.0
     assert trainer.delta == 0.02  # 1 / (10 * 4) = 0.025 rounded down
     sizes, patients = [], []

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 
 from dpmra.features.extract import RANDOM_CNN
-from dpmra.generators.wgan import GanParams, train_gan
-from dpmra.release.synth import ReleaseParams, Validation, generate, release_dataset, to_dataset
+from dpmra.generators.interface import generate
+from dpmra.generators.params import GanParams
+from dpmra.generators.train import train_gan
+from dpmra.release.params import ReleaseParams, Validation
+from dpmra.release.synth import release_dataset, to_dataset
 from dpmra.shared import checkpoint
 
 PATCH = 16
@@ -156,7 +159,7 @@ def test_volume_scale_release_shares_the_real_patches_scale(tmp_path: Path):
 
 def test_public_and_warm_started_cards(tmp_path: Path):
     """A public run's card says it saw no private data; a warm-started run's card states what was public."""
-    from dpmra.release.synth import guarantee, public_pretraining
+    from dpmra.release.cards import guarantee, public_pretraining
 
     stored = {"epsilon": {"epsilon_rdp": 0.0}, "delta": 1e-4, "unit": "patch", "max_patches_per_patient": 10,
               "params": {"public": True}}

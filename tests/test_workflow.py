@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ENV, ROOT, save, snakemake, toy_subject
 
-from dpmra.generators.wgan import sample_generator
+from dpmra.generators.interface import sample_generator
 from dpmra.privacy.accountants import epsilon
 
 

@@ -92,7 +92,8 @@ def set_torch_threads(threads: int) -> None:
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
     """Train (or resume) one GAN."""
-    from dpmra.generators.wgan import GanParams, train_gan
+    from dpmra.generators.params import GanParams
+    from dpmra.generators.train import train_gan
     from dpmra.privacy.accountants import PAPER_DELTA
 
     set_torch_threads(args.threads)
@@ -136,7 +137,8 @@ def cmd_secret_key(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     """Sample one trained generator into a released dataset with its privacy card."""
-    from dpmra.release.synth import ReleaseParams, Validation, release_dataset
+    from dpmra.release.params import ReleaseParams, Validation
+    from dpmra.release.synth import release_dataset
 
     set_torch_threads(args.threads)
     release = ReleaseParams(

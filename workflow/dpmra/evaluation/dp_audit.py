@@ -40,7 +40,10 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-from dpmra.generators.wgan import GanParams, TrainingData, WganTrainer, load_training_set, load_warm_start, run_name
+from dpmra.generators.interface import TrainingData, load_training_set
+from dpmra.generators.params import GanParams
+from dpmra.generators.warm_start import load_warm_start
+from dpmra.generators.wgan import WganTrainer, run_name
 from dpmra.privacy.dpsgd import NORM_RTOL, BookKeepingClipper, ClippedSum, DPGradient
 from dpmra.privacy.secret import derive_seed, read_key
 from dpmra.shared import checkpoint
@@ -419,7 +422,7 @@ def audit(
     ``noise_multiplier`` is the noise the engine actually adds (default: the run's sigma, which the accountant is
     told); another value makes a deliberately broken mechanism, for checking that the audit catches it.
     ``checkpoints``: a directory to checkpoint each epoch in and resume from (it holds secret states).
-    ``pretrained``: the public warm start the run began from (``dpmra.generators.wgan.load_warm_start``), if any.
+    ``pretrained``: the public warm start the run began from (``dpmra.generators.warm_start.load_warm_start``), if any.
     """
     per_side = per_side if per_side is not None else max(1, round(GUESS_FRACTION * canaries))
     check_per_side(per_side, canaries)
