@@ -2,9 +2,9 @@
 
 Both stages as the workflow calls them, on the same demo-sized training set (1,200 random pairs of 32 x 32 from 6
 patients; the cost does not depend on the pixels) with the default config's settings for its epsilon-10 run:
-`dpmra.generators.wgan.train_gan` (the `gan` rule: training, checkpoints, sample grids, plots) and
-`dpmra.evaluation.dp_audit.run_dp_audit` (the `dp_audit` rule: the same training with 1,000 gradient canaries, then the
-bound). Also the audit's training loop alone (`WganTrainer.run_epoch`, no canaries, no checkpoints), whose
+`dpmra.generators.train.train_gan` (the `gan` rule: training, checkpoints, sample grids, plots) and
+`dpmra.evaluation.dp_audit.run_dp_audit` (the `dp_audit` rule: the same training with 1,000 gradient canaries,
+then the bound). Also the audit's training loop alone (`WganTrainer.run_epoch`, no canaries, no checkpoints), whose
 difference to the audit is what canaries, checkpoints and the bound cost. The three are interleaved per repetition
 so that machine load affects them alike; medians are reported.
 

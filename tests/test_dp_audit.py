@@ -19,22 +19,14 @@ import pytest
 import torch
 
 from dpmra.cli import main
-from dpmra.evaluation.dp_audit import (
-    AuditedGradient,
-    audit,
-    ceiling,
-    correct_guesses,
-    epsilon_lower_bound,
-    guess,
-    make_canaries,
-    p_value,
-    theorem_bounds,
-)
+from dpmra.evaluation.dp_audit import audit
 from dpmra.generators.critic import Critic
 from dpmra.generators.interface import TrainingData
 from dpmra.generators.params import GanParams
 from dpmra.generators.train import train_gan
 from dpmra.privacy.accountants import solve_sigma
+from dpmra.privacy.audit_bound import ceiling, correct_guesses, epsilon_lower_bound, guess, p_value, theorem_bounds
+from dpmra.privacy.canaries import AuditedGradient, make_canaries
 from dpmra.privacy.dpsgd import DPGradient
 from dpmra.shared import checkpoint
 
