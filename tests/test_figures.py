@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 
 from dpmra.cli import main
-from dpmra.evaluation.figures import utility as figures
+from dpmra.evaluation.figures.images import plot_error_maps, plot_samples, plot_segmentation
+from dpmra.evaluation.figures.pages import write_audit_html, write_quality_html, write_summary_html, write_table1_html
+from dpmra.evaluation.figures.quality import fd_label, plot_audit, plot_fid, plot_ssim, plot_tsne
+from dpmra.evaluation.figures.style import NONPRIVATE_COLOUR, REAL_COLOUR, epsilon_axis, sigma_palette, spaced_ticks
+from dpmra.evaluation.figures.training import plot_gan_curves
+from dpmra.evaluation.figures.utility import plot_accounting, plot_utility, selected_scores
+from dpmra.evaluation.tables import read_privacy, write_privacy_table
+from dpmra.shared.html_tables import mean_sd
+from dpmra.shared.pictures import mip_extent, new_figure
 
 # Two private sigmas with two seeds each, one non-private run with one seed: SD defined and undefined.
 RUNS = [  # sigma, seed, epsilon_rdp, epsilon_prv, test DSC, val DSC
@@ -56,7 +64,7 @@ def results(tmp_path: Path) -> Path:
     """privacy.tsv, selection.tsv and summary.tsv of the RUNS plus a real source, under tmp/results."""
     root = tmp_path / "results"
     cards = [write_card(root, s, seed, rdp, prv) for s, seed, rdp, prv, _, _ in RUNS]
-    figures.write_privacy_table(cards, root / "tables/privacy.tsv", root / "tables/privacy.html")
+    write_privacy_table(cards, root / "tables/privacy.tsv", root / "tables/privacy.html")
     selection, summary = [], []
     for name, test_dsc, val_dsc in [("real", 0.89, 0.9)] + [(source(r[0], r[1]), r[4], r[5]) for r in RUNS]:
         selection.append({"source": name, "setting": SETTINGS[1], "val_dsc_mean": val_dsc})
@@ -94,7 +102,7 @@ def assert_figures(paths: list[Path]) -> None:
 
 
 def test_privacy_table_reads_cards_and_sorts_by_epsilon(results: Path):
-    table = figures.read_privacy(results / "tables/privacy.tsv")
+    table = read_privacy(results / "tables/privacy.tsv")
     assert table["source"].tolist() == [
         source("2", 0),
         source("2", 1),
@@ -110,18 +118,18 @@ def test_privacy_table_reads_cards_and_sorts_by_epsilon(results: Path):
 
 
 def test_palette_one_colour_per_sigma_ordered_by_noise():
-    palette = figures.sigma_palette(["0.65", "inf", "2", "0.65", "1.2"])
+    palette = sigma_palette(["0.65", "inf", "2", "0.65", "1.2"])
     assert set(palette) == {"0.65", "1.2", "2", "inf"}
-    assert palette["inf"] == figures.NONPRIVATE_COLOUR
+    assert palette["inf"] == NONPRIVATE_COLOUR
     assert len(set(palette.values())) == 4
     # the same sigma gets the same colour whatever order or repetition the runs come in
-    assert figures.sigma_palette(["2", "1.2", "0.65", "inf"]) == palette
+    assert sigma_palette(["2", "1.2", "0.65", "inf"]) == palette
 
 
 def test_utility_figure_means_sds_and_best_run(results: Path):
     paths = outputs(results, "fig3_test_utility")
     tables = results / "tables"
-    by_sigma = figures.plot_utility(
+    by_sigma = plot_utility(
         tables / "summary.tsv", tables / "selection.tsv", tables / "privacy.tsv", "test", paths
     ).set_index("sigma")
     assert_figures(paths)
@@ -139,7 +147,7 @@ def test_utility_figure_means_sds_and_best_run(results: Path):
 
 def test_utility_figure_on_external_split(results: Path):
     tables = results / "tables"
-    by_sigma = figures.plot_utility(
+    by_sigma = plot_utility(
         tables / "summary.tsv",
         tables / "selection.tsv",
         tables / "privacy.tsv",
@@ -154,10 +162,10 @@ def test_accounting_figure_plots_each_accountant(tmp_path: Path, results: Path):
         write_card(tmp_path, s, seed, rdp, prv, paper=None if math.isinf(rdp) else 2 * rdp)
         for s, seed, rdp, prv, _, _ in RUNS
     ]
-    figures.write_privacy_table(cards, tmp_path / "privacy.tsv", tmp_path / "privacy.html")
+    write_privacy_table(cards, tmp_path / "privacy.tsv", tmp_path / "privacy.html")
     tables = results / "tables"
     paths = outputs(tmp_path, "accounting")
-    points = figures.plot_accounting(tables / "summary.tsv", tables / "selection.tsv", tmp_path / "privacy.tsv", paths)
+    points = plot_accounting(tables / "summary.tsv", tables / "selection.tsv", tmp_path / "privacy.tsv", paths)
     assert_figures(paths)
     run = points[(points["source"] == source("0.65", 1)) & (points["split"] == "test")].set_index("accountant")
     assert run["epsilon"].to_dict() == {"epsilon_rdp": 10.2, "epsilon_prv": 6.8, "epsilon_rdp_paper": 20.4}
@@ -170,7 +178,7 @@ def test_accounting_figure_plots_each_accountant(tmp_path: Path, results: Path):
 def test_utility_figures_cope_with_one_gan_run(tmp_path: Path):
     root = tmp_path / "results"
     card = write_card(root, "1", 0, 30.0, 20.0)
-    figures.write_privacy_table([card], root / "privacy.tsv", root / "privacy.html")
+    write_privacy_table([card], root / "privacy.tsv", root / "privacy.html")
     summary = pd.DataFrame(
         [
             {
@@ -184,7 +192,7 @@ def test_utility_figures_cope_with_one_gan_run(tmp_path: Path):
     selection = pd.DataFrame({"source": ["real", source("1", 0)], "setting": SETTINGS[0], "val_dsc_mean": 0.5})
     summary.to_csv(root / "summary.tsv", sep="\t", index=False)
     selection.to_csv(root / "selection.tsv", sep="\t", index=False)
-    by_sigma = figures.plot_utility(
+    by_sigma = plot_utility(
         root / "summary.tsv", root / "selection.tsv", root / "privacy.tsv", "test", outputs(root, "fig3")
     )
     assert by_sigma["n_runs"].tolist() == [1] and math.isnan(by_sigma["dsc_sd"].iloc[0])
@@ -192,9 +200,9 @@ def test_utility_figures_cope_with_one_gan_run(tmp_path: Path):
 
 
 def test_epsilon_axis_puts_nonprivate_at_infinity_tick():
-    fig = figures.new_figure()
+    fig = new_figure()
     ax = fig.subplots()
-    x = figures.epsilon_axis(ax, [1.3, 10.2, math.inf, math.nan], "epsilon")
+    x = epsilon_axis(ax, [1.3, 10.2, math.inf, math.nan], "epsilon")
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert labels == ["1.3", "10.2", "∞"]
     assert x(math.inf) > 10.2 and x(1.3) == 1.3
@@ -214,7 +222,7 @@ def test_samples_figure_real_first_then_lowest_seed_per_sigma(results: Path):
     for s, seed, *_ in RUNS:
         synth_dataset(results, s, seed, 100 * seed + 1)
     paths = outputs(results, "fig2_samples")
-    columns = figures.plot_samples(results / "train_set.npz", results / "synth", results / "tables/privacy.tsv", paths)
+    columns = plot_samples(results / "train_set.npz", results / "synth", results / "tables/privacy.tsv", paths)
     assert_figures(paths)
     assert columns[0]["title"] == "real" and (columns[0]["label"] == 0).all()
     assert [c.get("source") for c in columns[1:]] == [source("inf", 0), source("0.65", 0), source("2", 0)]
@@ -249,7 +257,7 @@ def test_error_maps_and_segmentation_show_selected_best_runs(results: Path):
             pd.DataFrame({"patient": [patient], "dsc": [0.5 + k / 100]}).to_csv(metrics / "test.tsv", sep="\t")
     tables = results / "tables"
     paths = outputs(results, "fig4_error_maps")
-    counts = figures.plot_error_maps(
+    counts = plot_error_maps(
         tables / "selection.tsv",
         tables / "privacy.tsv",
         results / "predictions",
@@ -262,7 +270,7 @@ def test_error_maps_and_segmentation_show_selected_best_runs(results: Path):
     assert (counts["setting"] == SETTINGS[1]).all()
     assert counts["tp"].tolist() == [72] * 4 and counts["fp"].tolist() == [0, 1, 0, 1]
     paths = outputs(results, "fig7_segmentation")
-    chosen = figures.plot_segmentation(
+    chosen = plot_segmentation(
         tables / "selection.tsv",
         tables / "privacy.tsv",
         results / "predictions",
@@ -303,21 +311,21 @@ def quality_table(root: Path) -> Path:
 def test_fid_and_ssim_figures(results: Path):
     quality = quality_table(results)
     privacy = results / "tables/privacy.tsv"
-    means = figures.plot_fid(quality, privacy, outputs(results, "fig6_fid")).set_index("sigma")
+    means = plot_fid(quality, privacy, outputs(results, "fig6_fid")).set_index("sigma")
     assert_figures(outputs(results, "fig6_fid"))
     assert means.loc["2", "fd_train_mean"] == 305 and means.loc["2", "fd_train_sd"] == pytest.approx(math.sqrt(50))
     assert means.loc["inf", "fd_gap_mean"] == 190 and math.isnan(means.loc["inf", "fd_gap_sd"])
-    ssim = figures.plot_ssim(quality, privacy, outputs(results, "fig8_ssim")).set_index("sigma")
+    ssim = plot_ssim(quality, privacy, outputs(results, "fig8_ssim")).set_index("sigma")
     assert_figures(outputs(results, "fig8_ssim"))
     assert ssim.loc["2", "ssim_mean_mean"] == pytest.approx(0.98) and (ssim["real_ssim"] == 0.2).all()
     page = results / "tables/quality.html"
-    figures.write_quality_html(quality, page)
+    write_quality_html(quality, page)
     assert "FID to train" in page.read_text()
 
 
 def test_fd_label_says_fid_only_for_inception():
-    assert figures.fd_label(["inception-v3"]) == "FID"
-    assert figures.fd_label(["resnet18-imagenet"]) == "Fréchet distance (resnet18-imagenet)"
+    assert fd_label(["inception-v3"]) == "FID"
+    assert fd_label(["resnet18-imagenet"]) == "Fréchet distance (resnet18-imagenet)"
 
 
 def test_tsne_colours_by_sigma(results: Path):
@@ -326,10 +334,10 @@ def test_tsne_colours_by_sigma(results: Path):
     pd.DataFrame(
         {"x": [0, 1, 2, 3], "y": [1, 0, 1, 0], "source": ["real", "real", source("inf", 0), source("2", 1)]}
     ).to_csv(path, sep="\t", index=False)
-    table = figures.plot_tsne(path, results / "tables/privacy.tsv", outputs(results, "fig9_tsne"))
+    table = plot_tsne(path, results / "tables/privacy.tsv", outputs(results, "fig9_tsne"))
     assert_figures(outputs(results, "fig9_tsne"))
-    palette = figures.sigma_palette([r[0] for r in RUNS])
-    assert table["colour"].tolist() == [figures.REAL_COLOUR] * 2 + [palette["inf"], palette["2"]]
+    palette = sigma_palette([r[0] for r in RUNS])
+    assert table["colour"].tolist() == [REAL_COLOUR] * 2 + [palette["inf"], palette["2"]]
 
 
 def test_audit_figure_and_page(results: Path):
@@ -349,11 +357,11 @@ def test_audit_figure_and_page(results: Path):
     ]
     path = results / "tables/audit.tsv"
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
-    means = figures.plot_audit(path, results / "tables/privacy.tsv", outputs(results, "audit")).set_index("sigma")
+    means = plot_audit(path, results / "tables/privacy.tsv", outputs(results, "audit")).set_index("sigma")
     assert_figures(outputs(results, "audit"))
     assert means.loc["inf", "mia_auc_mean"] == pytest.approx(0.6)
     assert means.loc["2", "near_copy_pct_mean"] == pytest.approx(0.5)
-    figures.write_audit_html(path, results / "tables/audit.html")
+    write_audit_html(path, results / "tables/audit.html")
     assert "MIA AUC" in (results / "tables/audit.html").read_text()
 
 
@@ -375,7 +383,7 @@ def test_gan_curves_read_every_run(tmp_path: Path):
             }
         ).to_csv(path, sep="\t", index=False)
         paths.append(path)
-    epochs = figures.plot_gan_curves(paths, outputs(tmp_path, "gan_curves"))
+    epochs = plot_gan_curves(paths, outputs(tmp_path, "gan_curves"))
     assert_figures(outputs(tmp_path, "gan_curves"))
     assert len(epochs) == 10 and set(epochs["sigma"]) == {"2", "0.65", "inf"}
 
@@ -405,7 +413,7 @@ def test_table1_html_picks_real_nonprivate_and_best_private(results: Path):
             )
     pd.DataFrame(rows).to_csv(results / "tables/table1.tsv", sep="\t", index=False)
     out = results / "tables/table1.html"
-    shown = figures.write_table1_html(results / "tables/table1.tsv", results / "tables/selection.tsv", out)
+    shown = write_table1_html(results / "tables/table1.tsv", results / "tables/selection.tsv", out)
     # best private by validation DSC: sigma 0.65 seed 1 (val 0.75), though seed 0 tests better
     assert shown["U-Net trained on"].tolist() == [
         "real patches",
@@ -420,7 +428,7 @@ def test_table1_html_picks_real_nonprivate_and_best_private(results: Path):
 
 def test_summary_html_marks_selected_settings(results: Path):
     out = results / "tables/summary.html"
-    wide = figures.write_summary_html(results / "tables/summary.tsv", results / "tables/selection.tsv", out)
+    wide = write_summary_html(results / "tables/summary.tsv", results / "tables/selection.tsv", out)
     assert len(wide) == 6 * 2 * 3
     page = out.read_text()
     assert page.count('<tr class="mark">') == 6 * 3
@@ -457,7 +465,7 @@ def test_cli_privacy_table_and_table_html(results: Path, tmp_path: Path):
         main(["privacy-table", *map(str, cards), "--out", str(tmp_path / "p.tsv"), "--html", str(tmp_path / "p.html")])
         == 0
     )
-    assert len(figures.read_privacy(tmp_path / "p.tsv")) == len(RUNS)
+    assert len(read_privacy(tmp_path / "p.tsv")) == len(RUNS)
     tables = results / "tables"
     out = tmp_path / "summary.html"
     argv = [
@@ -485,23 +493,23 @@ def test_utility_figure_and_summary_page_mark_sources_with_infinite_bahd(results
     tables = results / "tables"
     with_infinite_bahd(tables / "summary.tsv", source("2", 1), 2)
     summary = pd.read_csv(tables / "summary.tsv", sep="\t", dtype={"source": str})
-    scores = figures.selected_scores(summary, pd.read_csv(tables / "selection.tsv", sep="\t"), "test")
+    scores = selected_scores(summary, pd.read_csv(tables / "selection.tsv", sep="\t"), "test")
     assert scores.set_index("source")["bahd_n_inf"].to_dict() == {
         "real": 0, **{source(r[0], r[1]): 2 * (r[:2] == ("2", 1)) for r in RUNS}
     }
     paths = outputs(results, "fig3_infinite")
-    figures.plot_utility(tables / "summary.tsv", tables / "selection.tsv", tables / "privacy.tsv", "test", paths)
+    plot_utility(tables / "summary.tsv", tables / "selection.tsv", tables / "privacy.tsv", "test", paths)
     assert_figures(paths)
-    wide = figures.write_summary_html(tables / "summary.tsv", tables / "selection.tsv", results / "summary.html")
+    wide = write_summary_html(tables / "summary.tsv", tables / "selection.tsv", results / "summary.html")
     cells = wide[(wide["source"] == source("2", 1)) & (wide["split"] == "test")]["bAHD mm"]
     assert cells.str.endswith(" [2 ∞]").all() and not wide.loc[wide["source"] == "real", "bAHD mm"].str.contains("∞").any()
     assert "the mean and SD are over the other patients" in (results / "summary.html").read_text()
 
 
 def test_mean_sd_says_how_many_values_were_infinite():
-    assert figures.mean_sd(1.234, 0.1, ".2f") == "1.23 (0.10)"
-    assert figures.mean_sd(1.234, math.nan, ".2f", n_inf=3) == "1.23 (–) [3 ∞]"
-    assert figures.mean_sd(math.nan, math.nan, n_inf=2) == "– [2 ∞]"
+    assert mean_sd(1.234, 0.1, ".2f") == "1.23 (0.10)"
+    assert mean_sd(1.234, math.nan, ".2f", n_inf=3) == "1.23 (–) [3 ∞]"
+    assert mean_sd(math.nan, math.nan, n_inf=2) == "– [2 ∞]"
 
 
 def test_table1_html_marks_infinite_bahd_and_bolds_a_finite_best(results: Path):
@@ -516,7 +524,7 @@ def test_table1_html_marks_infinite_bahd_and_bolds_a_finite_best(results: Path):
     ]
     pd.DataFrame(rows).to_csv(results / "tables/table1.tsv", sep="\t", index=False)
     out = results / "tables/table1.html"
-    shown = figures.write_table1_html(results / "tables/table1.tsv", results / "tables/selection.tsv", out)
+    shown = write_table1_html(results / "tables/table1.tsv", results / "tables/selection.tsv", out)
     assert shown["test bAHD (mm)"].tolist() == ["0.50 (0.10)", "0.40 (0.10) [1 ∞]", "– [3 ∞]"]
     page = out.read_text()
     assert "<b>0.40 (0.10) [1 ∞]</b>" in page and "[k ∞]: k patients had an infinite distance" in page
@@ -532,7 +540,7 @@ def test_mip_extent_is_true_size_and_position_for_any_affine(degrees: float):
     affine[:3, :3] = rotation @ np.diag(spacing)
     affine[:3, 3] = [-30.0, 12.0, 5.0]
     nx, ny = 9, 6
-    left, right, bottom, top = figures.mip_extent(affine, (ny, nx))
+    left, right, bottom, top = mip_extent(affine, (ny, nx))
     assert (right - left, top - bottom) == pytest.approx((nx * 0.4, ny * 0.7))
 
     def shown(i: int, j: int) -> np.ndarray:
@@ -554,5 +562,5 @@ def test_mip_extent_is_true_size_and_position_for_any_affine(degrees: float):
 
 def test_epsilon_ticks_are_thinned_so_labels_never_overlap():
     """RDP and PRV epsilons of one run sit close together: only ticks at least 1.25x apart are labelled."""
-    ticks = figures.spaced_ticks(np.array([9.99, 1.79, 5.0, 1.99, 8.68, 4.39]))
+    ticks = spaced_ticks(np.array([9.99, 1.79, 5.0, 1.99, 8.68, 4.39]))
     assert ticks == [1.79, 4.39, 8.68]

@@ -260,18 +260,18 @@ def cmd_audit_table(args: argparse.Namespace) -> None:
 
 def cmd_audit_dp(args: argparse.Namespace) -> None:
     """One-run canary audit of a GAN run's DP mechanism (run), the table of every audit (table), its figure."""
-    from dpmra.evaluation import dp_audit
+    from dpmra.evaluation.dp_audit import plot_audit, run_dp_audit, write_audit_table
 
     if args.step == "run":
         set_torch_threads(args.threads)
-        dp_audit.run_dp_audit(
+        run_dp_audit(
             args.generator, args.train_set, args.secret, args.canaries, args.guesses_per_side, args.out,
             args.pretrained,
         )
     elif args.step == "table":
-        dp_audit.write_audit_table(args.audits, args.out)
+        write_audit_table(args.audits, args.out)
     else:
-        dp_audit.plot_audit(args.table, args.out)
+        plot_audit(args.table, args.out)
 
 
 def cmd_release(args: argparse.Namespace) -> None:
@@ -283,44 +283,52 @@ def cmd_release(args: argparse.Namespace) -> None:
 
 def cmd_privacy_table(args: argparse.Namespace) -> None:
     """Gather every GAN run's privacy card into privacy.tsv and its HTML page."""
-    from dpmra.evaluation.figures.utility import write_privacy_table
+    from dpmra.evaluation.tables import write_privacy_table
 
     write_privacy_table(args.cards, args.out, args.html)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
     """Draw one report figure from files under results/ (one file per --out, format by suffix)."""
-    from dpmra.evaluation.figures import utility as figures
+    from dpmra.evaluation.figures.images import plot_error_maps, plot_samples, plot_segmentation
+    from dpmra.evaluation.figures.quality import plot_audit, plot_fid, plot_ssim, plot_tsne
+    from dpmra.evaluation.figures.training import plot_gan_curves
+    from dpmra.evaluation.figures.utility import plot_accounting, plot_utility
 
     draw = {
-        "samples": lambda: figures.plot_samples(args.train_set, args.synth, args.privacy, args.out),
-        "utility": lambda: figures.plot_utility(args.summary, args.selection, args.privacy, args.split, args.out),
-        "accounting": lambda: figures.plot_accounting(args.summary, args.selection, args.privacy, args.out),
-        "error-maps": lambda: figures.plot_error_maps(
+        "samples": lambda: plot_samples(args.train_set, args.synth, args.privacy, args.out),
+        "utility": lambda: plot_utility(args.summary, args.selection, args.privacy, args.split, args.out),
+        "accounting": lambda: plot_accounting(args.summary, args.selection, args.privacy, args.out),
+        "error-maps": lambda: plot_error_maps(
             args.selection, args.privacy, args.predictions, args.data / args.patient / "image.nii.gz", args.patient,
             args.out,
         ),
-        "segmentation": lambda: figures.plot_segmentation(
+        "segmentation": lambda: plot_segmentation(
             args.selection, args.privacy, args.predictions, args.data, args.metrics, args.patient, args.out
         ),
-        "fid": lambda: figures.plot_fid(args.quality, args.privacy, args.out),
-        "ssim": lambda: figures.plot_ssim(args.quality, args.privacy, args.out),
-        "tsne": lambda: figures.plot_tsne(args.tsne, args.privacy, args.out),
-        "audit": lambda: figures.plot_audit(args.audit, args.privacy, args.out),
-        "gan-curves": lambda: figures.plot_gan_curves(args.epochs, args.out),
+        "fid": lambda: plot_fid(args.quality, args.privacy, args.out),
+        "ssim": lambda: plot_ssim(args.quality, args.privacy, args.out),
+        "tsne": lambda: plot_tsne(args.tsne, args.privacy, args.out),
+        "audit": lambda: plot_audit(args.audit, args.privacy, args.out),
+        "gan-curves": lambda: plot_gan_curves(args.epochs, args.out),
     }
     draw[args.figure]()
 
 
 def cmd_table_html(args: argparse.Namespace) -> None:
     """Render one result table as an HTML page for the report."""
-    from dpmra.evaluation.figures import utility as figures
+    from dpmra.evaluation.figures.pages import (
+        write_audit_html,
+        write_quality_html,
+        write_summary_html,
+        write_table1_html,
+    )
 
     render = {
-        "table1": lambda: figures.write_table1_html(args.table1, args.selection, args.out),
-        "summary": lambda: figures.write_summary_html(args.summary, args.selection, args.out),
-        "quality": lambda: figures.write_quality_html(args.quality, args.out),
-        "audit": lambda: figures.write_audit_html(args.audit, args.out),
+        "table1": lambda: write_table1_html(args.table1, args.selection, args.out),
+        "summary": lambda: write_summary_html(args.summary, args.selection, args.out),
+        "quality": lambda: write_quality_html(args.quality, args.out),
+        "audit": lambda: write_audit_html(args.audit, args.out),
     }
     render[args.table]()
 

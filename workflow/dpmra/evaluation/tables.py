@@ -1,20 +1,38 @@
-"""Evaluation stage: per-patient metric tables, the best U-Net setting per source, Table 1."""
+"""The study's tables: per-patient metrics, the best U-Net setting per source, the summary, Table 1, and
+privacy.tsv (every GAN run's accounting, gathered from the privacy cards; the figures read epsilon from it)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dpmra.release.cards import card_epsilon, read_card
 from dpmra.segmentation.metrics import METRICS, score_files
 from dpmra.shared.atomic import write_tsv
+from dpmra.shared.html_tables import Section, write_page
 
 log = logging.getLogger(__name__)
 
 TABLE1_SPLITS = ("test", "external")
+SOURCE = re.compile(r"sigma~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
+PRIVACY_COLUMNS = [
+    "source",
+    "sigma",
+    "seed",
+    "mode",
+    "epochs",
+    "critic_steps",
+    "delta",
+    "epsilon_rdp",
+    "epsilon_prv",
+    "epsilon_rdp_paper",
+]
 
 
 def score_split(patients: list[str], data_dir: Path, prediction_dir: Path, out: Path) -> pd.DataFrame:
@@ -115,3 +133,71 @@ def write_tables(
     write_tsv(selection, out_dir / "selection.tsv")
     write_tsv(summary, out_dir / "summary.tsv")
     write_tsv(table1(summary, selection, epsilons), out_dir / "table1.tsv")
+
+
+# --- privacy.tsv: every GAN run's accounting ---------------------------------------------------------------
+
+
+def parse_source(source: str) -> tuple[str, int] | None:
+    """(sigma label, seed) of a synthetic source `sigma~S/seed~N` (anywhere in a path); None for others."""
+    match = SOURCE.search(str(source))
+    return (match["sigma"], int(match["seed"])) if match else None
+
+
+def sigma_value(label: str) -> float:
+    """The noise multiplier of a sigma label (`inf` for the non-private run)."""
+    return float(label)
+
+
+def privacy_row(card_path: Path) -> dict:
+    """One GAN run's privacy accounting, from its privacy card; sigma and seed from the card's directory."""
+    card_path = Path(card_path)
+    parsed = parse_source(card_path.parent.as_posix())
+    if parsed is None:
+        raise ValueError(f"{card_path}: not under sigma~{{sigma}}/seed~{{seed}}/")
+    card = read_card(card_path)
+    try:
+        epsilon = card["epsilon"]
+        return {
+            "source": f"sigma~{parsed[0]}/seed~{parsed[1]}",
+            "sigma": parsed[0],
+            "seed": parsed[1],
+            "mode": card["mode"],
+            "epochs": card["epochs"],
+            "critic_steps": card["critic_steps"],
+            "delta": card["delta"],
+            "epsilon_rdp": card_epsilon(epsilon["rdp"]),
+            "epsilon_prv": card_epsilon(epsilon["prv"]),
+            "epsilon_rdp_paper": card_epsilon(epsilon["rdp_paper"]) if "rdp_paper" in epsilon else math.nan,
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{card_path}: not a privacy card with mode, epochs, delta and epsilon ({err!r})") from err
+
+
+def privacy_table(cards: Iterable[Path]) -> pd.DataFrame:
+    """privacy.tsv: one row per GAN run, most private first (ascending RDP epsilon, then seed)."""
+    table = pd.DataFrame([privacy_row(c) for c in cards], columns=PRIVACY_COLUMNS)
+    return table.sort_values(["epsilon_rdp", "seed"], kind="stable", ignore_index=True)
+
+
+def read_privacy(path: Path) -> pd.DataFrame:
+    """privacy.tsv with sigma kept as its label (`inf`, `0.65`) and epsilon as floats (inf allowed)."""
+    return pd.read_csv(path, sep="\t", dtype={"sigma": str, "source": str, "mode": str})
+
+
+def write_privacy_table(cards: list[Path], out: Path, html: Path) -> pd.DataFrame:
+    """privacy.tsv and its HTML rendering from the privacy cards of every GAN run."""
+    table = privacy_table(cards)
+    write_tsv(table, out)
+    shown = table.rename(columns={"epsilon_rdp": "epsilon RDP", "epsilon_prv": "epsilon PRV"})
+    if shown["epsilon_rdp_paper"].isna().all():
+        shown = shown.drop(columns="epsilon_rdp_paper")
+    else:
+        shown = shown.rename(columns={"epsilon_rdp_paper": "epsilon RDP (paper's accounting)"})
+    note = (
+        "epsilon at the run's delta after its last epoch, from the privacy card of the released dataset. "
+        "RDP is the bound the project reports; PRV a tighter numerical estimate of the same mechanism; in "
+        "paper mode the paper's own accounting of the published loop is shown beside its valid bound."
+    )
+    write_page("GAN runs: privacy accounting", [Section("Privacy per GAN run", shown, note)], html)
+    return table
