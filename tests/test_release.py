@@ -24,7 +24,8 @@ from conftest import ENV
 
 from dpmra.cli import main
 from dpmra.release import bundle
-from dpmra.release.bundle import BUNDLE_FILES, MANIFEST, build_bundle, find_leaks
+from dpmra.release.bundle import BUNDLE_FILES, MANIFEST, build_bundle
+from dpmra.release.leaks import find_leaks
 from dpmra.shared.pictures import save_patch_gallery
 
 P, N_SYNTH, PER_PATIENT = 16, 12, 8

@@ -273,7 +273,7 @@ def test_tiny_run_release_bundles_hold_no_private_data(tiny_run):
     and neither holds a real patch (any patient's), a patient id, the secret key or fd_train."""
     from test_release import check_manifest
 
-    from dpmra.release.bundle import find_leaks
+    from dpmra.release.leaks import find_leaks
 
     config = ["--configfile", str(ROOT / "config/test.yaml")]
     result = snakemake(tiny_run.parent, "release", *config)
