@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -35,7 +36,7 @@ def test_dry_run_default_config(tmp_path):
     counts = job_counts(result.stdout)
     assert counts == {
         "phantom": 15, "prepare": 15, "patches": 15, "training_set": 1, "secret_key": 1, "public_set": 1,
-        "gan_pretrain": 1, "synth_public": 1, "gan": 4, "synth": 4, "quality": 4, "audit": 4, "dp_audit": 3,
+        "gan_pretrain": 1, "synth_public": 1, "gan": 4, "synth": 4, "quality": 4, "audit": 4, "dp_audit": 1,
         "dp_audit_table": 1, "dp_audit_figure": 1, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
         "unet": 6, "predict": 18, "score": 18, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
         "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
@@ -44,6 +45,10 @@ def test_dry_run_default_config(tmp_path):
     }
     assert {"sigma~inf/seed~0", "sigma~0.6794/seed~0", "sigma~0.8954/seed~0", "sigma~1.47/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
+    }
+    # audit.dp.runs: strongest audits the largest sigma (epsilon 2) only
+    assert {p.split("/")[2] for p in re.findall(r"results/dp_audit/sigma~[^/]+/seed~0", result.stdout)} == {
+        "sigma~1.47"
     }
 
 

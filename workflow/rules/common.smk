@@ -251,10 +251,13 @@ DP_AUDIT = AUDIT["dp"]
 
 
 def dp_audit_sigmas() -> list[str]:
-    """Sigma labels of the audited GAN runs: `all` private ones (fresh loop), or those listed under audit.dp.runs."""
+    """Sigma labels of the audited GAN runs: `all` private ones (fresh loop), the `strongest` claim (largest sigma,
+    smallest epsilon), or those listed under audit.dp.runs."""
     private = [s for s in SIGMAS if s != "inf"]
-    if DP_AUDIT["runs"] == "all":
-        return private if GAN["mode"] == "fresh" else []
+    if DP_AUDIT["runs"] in ("all", "strongest"):
+        if GAN["mode"] != "fresh" or not private:
+            return []
+        return private if DP_AUDIT["runs"] == "all" else [max(private, key=parse_sigma)]
     listed = [sigma_label(parse_sigma(s)) for s in DP_AUDIT["runs"]]
     unknown = [s for s in listed if s not in private]
     if unknown:
