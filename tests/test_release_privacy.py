@@ -20,7 +20,7 @@ from dpmra.generators.interface import load_training_set
 from dpmra.generators.params import GanParams
 from dpmra.generators.train import train_gan
 from dpmra.generators.wgan import SECRET_STREAMS, WganTrainer, run_name
-from dpmra.privacy.accountants import default_delta, delta_warning, group_privacy, resolve_delta
+from dpmra.privacy.delta import default_delta, delta_warning, group_privacy, resolve_delta
 from dpmra.privacy.dpsgd import NORM_RTOL, DPGradient
 from dpmra.privacy.plan import sampling
 from dpmra.privacy.secret import KEY_BYTES, create_key, derive_seed, load_key, read_key

@@ -49,7 +49,8 @@ def cmd_epsilon(args: argparse.Namespace) -> None:
     """Print epsilon for a planned sigma, or the sigma that meets a planned epsilon, per patch or per patient."""
     import json
 
-    from dpmra.privacy.accountants import epsilon, group_privacy, solve_sigma
+    from dpmra.privacy.accountants import epsilon, solve_sigma
+    from dpmra.privacy.delta import group_privacy
     from dpmra.privacy.plan import fresh_steps
 
     steps = args.steps if args.steps is not None else fresh_steps(args.epochs, args.sample_rate, args.n_critic)
@@ -94,7 +95,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     """Train (or resume) one GAN."""
     from dpmra.generators.params import GanParams
     from dpmra.generators.train import train_gan
-    from dpmra.privacy.accountants import PAPER_DELTA
+    from dpmra.privacy.delta import PAPER_DELTA
 
     set_torch_threads(args.threads)
     delta = args.delta if args.delta in (None, PAPER_DELTA) else float(args.delta)

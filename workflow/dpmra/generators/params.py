@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from dpmra.privacy.accountants import PAPER_DELTA
+from dpmra.privacy.delta import PAPER_DELTA
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ from dpmra.generators.generator import Generator
 from dpmra.generators.interface import TrainingData
 from dpmra.generators.params import GanParams
 from dpmra.generators.warm_start import warm_optimizers, warm_start
-from dpmra.privacy.accountants import TrainingAccountant, resolve_delta
+from dpmra.privacy.accountants import TrainingAccountant
+from dpmra.privacy.delta import resolve_delta
 from dpmra.privacy.dpsgd import DPGradient
 from dpmra.privacy.secret import derive_seed
 from dpmra.shared import checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dpmra.privacy.delta import resolve_delta
 
 SIGNIFICANT_DIGITS = 4
 
@@ -51,10 +52,6 @@ class Sampling:
 
 def sampling(gan: dict, privacy: dict, n_patients: int, per_patient: int) -> Sampling:
     """The units, q and delta of the config's GAN runs; a delta above 1/N is refused naming `gan.delta`."""
-    # Imported here: the accountant loads torch and Opacus, which every Snakemake start (plan is read by
-    # common.smk) would otherwise pay, seconds per job on a cluster.
-    from dpmra.privacy.accountants import resolve_delta
-
     patient_unit = privacy["unit"] == "patient"
     units = n_patients if patient_unit else n_patients * per_patient
     expected = privacy["patient_batch"] if patient_unit else gan["batch_size"]
@@ -67,6 +64,8 @@ def sigma_for_epsilon(target: float, plan: Sampling, gan: dict) -> float:
     fresh: n_critic charges at sigma per generator iteration; paper: the reused batch is one charge
     per generator iteration at sigma / sqrt(n_critic) (docs/design.md §2.2).
     """
+    # Imported here: the accountant loads torch and Opacus, which every Snakemake start (plan is read by
+    # common.smk) would otherwise pay, seconds per job on a cluster.
     from dpmra.privacy.accountants import solve_sigma
 
     q = plan.sample_rate

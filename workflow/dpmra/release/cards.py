@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dpmra import __version__
-from dpmra.privacy.accountants import delta_warning, group_privacy
+from dpmra.privacy.delta import delta_warning, group_privacy
 from dpmra.release.params import ReleaseParams
 
 STEWARD_NOTES = [
