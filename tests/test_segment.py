@@ -14,15 +14,9 @@ import pytest
 import torch
 
 from dpmra.segmentation import training as segment
+from dpmra.segmentation.params import UnetParams
 from dpmra.segmentation.predict import load_model
-from dpmra.segmentation.training import (
-    UnetParams,
-    UnetTrainer,
-    augment,
-    augmentation_matrices,
-    load_sources,
-    train_unet,
-)
+from dpmra.segmentation.training import UnetTrainer, augment, augmentation_matrices, load_sources, train_unet
 from dpmra.segmentation.unet import UNet
 from dpmra.shared import checkpoint
 

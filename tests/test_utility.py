@@ -9,8 +9,9 @@ from dpmra.data.patches import extract_patches, patient_rng, save_patches
 from dpmra.data.phantom import make_subject
 from dpmra.data.volumes import normalise_intensity
 from dpmra.segmentation.metrics import segmentation_metrics
+from dpmra.segmentation.params import UnetParams
 from dpmra.segmentation.predict import Segmenter, load_model, predict_probability
-from dpmra.segmentation.training import UnetParams, train_unet
+from dpmra.segmentation.training import train_unet
 
 SHAPE, P = (64, 64, 24), 16
 

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
+# Defaults come from the torch-free params modules (each written once there); tests/test_defaults.py checks
+# them, and the defaults written here for options without a params class, against the config schema.
+from dpmra.features.backbones import AUTO
+from dpmra.generators.params import GanParams
+from dpmra.release.params import CHECKPOINT_CHOICES, ReleaseParams, Validation
+from dpmra.segmentation.params import OVERLAP, PREDICT_BATCH, THRESHOLD, UnetParams
+
 log = logging.getLogger("dpmra")
+
+SECRET = Path("results/private/secret.key")
+"""Default key file (config privacy.secret)."""
+SSIM_IMAGES = 1000
+"""Default images for mean pairwise SSIM (config quality.ssim_images; the paper's 1000)."""
+QUALITY_SEED = 0
+"""Default seed of the image draws of quality, ssim and tsne (config quality.seed)."""
+
+
+def params_from(params: type, args: argparse.Namespace, **given):
+    """A params dataclass from the options named as its fields (`--batch-size` is batch_size), `given` first."""
+    fields = {f.name for f in dataclasses.fields(params)} - set(given)
+    return params(**{name: getattr(args, name) for name in fields if hasattr(args, name)}, **given)
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
@@ -93,36 +114,12 @@ def set_torch_threads(threads: int) -> None:
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
     """Train (or resume) one GAN."""
-    from dpmra.generators.params import GanParams
     from dpmra.generators.train import train_gan
     from dpmra.privacy.delta import PAPER_DELTA
 
     set_torch_threads(args.threads)
     delta = args.delta if args.delta in (None, PAPER_DELTA) else float(args.delta)
-    params = GanParams(
-        sigma=args.sigma,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        n_critic=args.n_critic,
-        lr=args.lr,
-        lr_generator=args.lr_generator,
-        optimizer=args.optimizer,
-        beta1=args.beta1,
-        ema=args.ema,
-        clipping=args.clipping,
-        clip_weight=args.clip_weight,
-        max_grad_norm=args.max_grad_norm,
-        width_g=args.width,
-        width_d=args.width,
-        latent_dim=args.latent_dim,
-        mode=args.mode,
-        seed=args.seed,
-        delta=delta,
-        unit=args.unit,
-        patient_batch=args.patient_batch,
-        patient_patches=args.patient_patches,
-        public=args.public,
-    )
+    params = params_from(GanParams, args, width_g=args.width, width_d=args.width, delta=delta)
     train_gan(args.train_set, args.out, params, args.secret, args.pretrained)
 
 
@@ -138,17 +135,10 @@ def cmd_secret_key(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     """Sample one trained generator into a released dataset with its privacy card."""
-    from dpmra.release.params import ReleaseParams, Validation
     from dpmra.release.synth import release_dataset
 
     set_torch_threads(args.threads)
-    release = ReleaseParams(
-        n=args.n,
-        label_threshold=args.label_threshold,
-        seed=args.seed,
-        checkpoint=args.checkpoint,
-        selection_samples=args.selection_samples,
-    )
+    release = params_from(ReleaseParams, args)
     validation = Validation(args.validation or [], args.backbone, args.weights)
     release_dataset(args.generator, args.out, release, args.name, validation)
 
@@ -168,18 +158,10 @@ def cmd_metrics(args: argparse.Namespace) -> None:
 
 def cmd_train_unet(args: argparse.Namespace) -> None:
     """Train (or resume) one U-Net."""
-    from dpmra.segmentation.training import UnetParams, train_unet
+    from dpmra.segmentation.training import train_unet
 
     set_torch_threads(args.threads)
-    params = UnetParams(
-        lr=args.lr,
-        dropout=args.dropout,
-        augment=args.augment,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        base_width=args.base_width,
-        seed=args.seed,
-    )
+    params = params_from(UnetParams, args)
     train_unet(args.sources, args.out, params)
 
 
@@ -454,11 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     length = p.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int, help="number of noisy steps (accountant charges)")
     length.add_argument("--epochs", type=int, help="epochs of the fresh loop: n_critic * round(1/q) steps each")
-    p.add_argument("--n-critic", type=int, default=5, help="critic updates per generator iteration (with --epochs)")
+    p.add_argument(
+        "--n-critic", type=int, default=GanParams.n_critic, help="critic updates per generator iteration (with --epochs)"
+    )
     p.add_argument("--delta", type=float, required=True)
     p.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
     p.add_argument(
-        "--unit", choices=("patch", "patient"), default="patch",
+        "--unit", choices=("patch", "patient"), default=GanParams.unit,
         help="privacy unit the sample rate refers to: patches (q = batch / pairs) or patients (q = patients per "
         "batch / patients)",
     )
@@ -473,28 +457,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-set", type=Path, required=True, help=".npz with x (N, 2, P, P)")
     p.add_argument("--sigma", type=positive_float, required=True, help="noise multiplier; inf = non-private")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=32, help="expected Poisson batch size")
-    p.add_argument("--n-critic", type=int, default=5)
-    p.add_argument("--lr", type=float, default=5e-5, help="critic learning rate (and the generator's by default)")
+    p.add_argument("--epochs", type=int, default=GanParams.epochs)
+    p.add_argument("--batch-size", type=int, default=GanParams.batch_size, help="expected Poisson batch size")
+    p.add_argument("--n-critic", type=int, default=GanParams.n_critic)
+    p.add_argument("--lr", type=float, default=GanParams.lr, help="critic learning rate (and the generator's by default)")
     p.add_argument("--lr-generator", type=float, help="generator learning rate (default: --lr)")
-    p.add_argument("--optimizer", choices=("rmsprop", "adam"), default="rmsprop", help="paper: rmsprop")
-    p.add_argument("--beta1", type=float, default=0.5, help="Adam's beta1")
-    p.add_argument("--ema", type=float, default=0.0, help="decay of the released generator's weight average; 0 = off")
+    p.add_argument("--optimizer", choices=("rmsprop", "adam"), default=GanParams.optimizer, help="paper: rmsprop")
+    p.add_argument("--beta1", type=float, default=GanParams.beta1, help="Adam's beta1")
+    p.add_argument("--ema", type=float, default=GanParams.ema, help="decay of the released generator's weight average; 0 = off")
     p.add_argument(
-        "--clipping", choices=("flat", "normalised"), default="flat",
+        "--clipping", choices=("flat", "normalised"), default=GanParams.clipping,
         help="per-sample clipping: flat min(1, C/|g|) or normalised C/(|g| + 0.01 C)",
     )
-    p.add_argument("--clip-weight", type=float, default=0.01)
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="per-sample clipping norm C")
-    p.add_argument("--width", type=int, default=96, help="generator and critic filters")
-    p.add_argument("--latent-dim", type=int, default=128)
-    p.add_argument("--mode", choices=("fresh", "paper"), default="fresh")
+    p.add_argument("--clip-weight", type=float, default=GanParams.clip_weight)
+    p.add_argument("--max-grad-norm", type=float, default=GanParams.max_grad_norm, help="per-sample clipping norm C")
+    p.add_argument("--width", type=int, default=GanParams.width_g, help="generator and critic filters")
+    p.add_argument("--latent-dim", type=int, default=GanParams.latent_dim)
+    p.add_argument("--mode", choices=("fresh", "paper"), default=GanParams.mode)
     p.add_argument("--delta", help="a number <= 1/N, or 1/N (the paper's); default: 1/(10 N) rounded down")
-    p.add_argument("--unit", choices=("patch", "patient"), default="patch", help="privacy unit")
-    p.add_argument("--patient-batch", type=float, default=2.0, help="expected patients per batch (unit patient)")
+    p.add_argument("--unit", choices=("patch", "patient"), default=GanParams.unit, help="privacy unit")
+    p.add_argument("--patient-batch", type=float, default=GanParams.patient_batch, help="expected patients per batch (unit patient)")
     p.add_argument(
-        "--patient-patches", type=int, default=16, help="pairs per sampled patient per critic update (unit patient)"
+        "--patient-patches", type=int, default=GanParams.patient_patches, help="pairs per sampled patient per critic update (unit patient)"
     )
     p.add_argument(
         "--public", action="store_true",
@@ -502,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pretrained", type=Path, help="generator.pt of a --public run to start from (warm start)")
     p.add_argument(
-        "--secret", type=Path, default=Path("results/private/secret.key"),
+        "--secret", type=Path, default=SECRET,
         help="key file seeding the DP sampling and noise; created on first use (keep it private)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -517,15 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", type=Path, required=True, help="generator.pt written by train-gan")
     p.add_argument("--name", required=True, help="dataset name on the card, e.g. sigma~1.5/seed~0")
     p.add_argument("--n", type=int, required=True, help="number of generated pairs (paper 41,000)")
-    p.add_argument("--label-threshold", type=float, default=0.8, help="on the label channel mapped to [0, 1]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (public randomness)")
+    p.add_argument("--label-threshold", type=float, default=ReleaseParams.label_threshold, help="on the label channel mapped to [0, 1]")
+    p.add_argument("--seed", type=int, default=ReleaseParams.seed, help="seed of the latent vectors (public randomness)")
     p.add_argument(
-        "--checkpoint", choices=("last", "val_fd"), default="last",
+        "--checkpoint", choices=CHECKPOINT_CHOICES, default=ReleaseParams.checkpoint,
         help="release the last epoch, or the epoch closest (Frechet distance) to the validation patches",
     )
     p.add_argument("--validation", type=Path, nargs="+", help="validation patients' patch files (for val_fd)")
-    p.add_argument("--selection-samples", type=int, default=500, help="patches per Frechet distance (val_fd)")
-    p.add_argument("--backbone", default="auto", help="feature extractor for val_fd (as for `dpmra quality`)")
+    p.add_argument("--selection-samples", type=int, default=ReleaseParams.selection_samples, help="patches per Frechet distance (val_fd)")
+    p.add_argument("--backbone", default=Validation.backbone, help="feature extractor for val_fd (as for `dpmra quality`)")
     p.add_argument("--weights", type=Path, help="local Inception-v3 weights (.pth) for val_fd")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -540,13 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-unet", help="train (or resume) one U-Net on patch files")
     p.add_argument("sources", type=Path, nargs="+", help=".npz files with image (n, P, P) and label (n, P, P)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=UnetParams.lr)
+    p.add_argument("--dropout", type=float, default=UnetParams.dropout)
     p.add_argument("--augment", action="store_true", help="rotation 30, vertical flip, shear 20 degrees")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--base-width", type=int, default=32, help="filters of the first level (paper 32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=UnetParams.batch_size)
+    p.add_argument("--epochs", type=int, default=UnetParams.epochs)
+    p.add_argument("--base-width", type=int, default=UnetParams.base_width, help="filters of the first level (paper 32)")
+    p.add_argument("--seed", type=int, default=UnetParams.seed)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_unet)
@@ -556,9 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="directory of prepared patients (dpmra prepare)")
     p.add_argument("--patients", nargs="+", required=True)
     p.add_argument("--patch-size", type=int, required=True)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=64, help="patches per model call")
-    p.add_argument("--overlap", type=float, default=0.5, help="share of a window neighbouring windows overlap, in [0, 1)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD)
+    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH, help="patches per model call")
+    p.add_argument("--overlap", type=float, default=OVERLAP, help="share of a window neighbouring windows overlap, in [0, 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory: one folder per patient")
     p.set_defaults(func=cmd_predict)
@@ -586,19 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=Path, required=True, help="released dataset .npz (image 0..255)")
     p.add_argument("--train", type=Path, nargs="+", required=True, help="patch files of the GAN's training patients")
     p.add_argument("--test", type=Path, nargs="+", required=True, help="patch files of the test patients")
-    p.add_argument("--backbone", default="auto", help=backbone_help)
+    p.add_argument("--backbone", default=AUTO, help=backbone_help)
     p.add_argument("--weights", type=Path, help="local pytorch-fid Inception weights (.pth); never downloaded")
     p.add_argument("--n", type=int, required=True, help="images drawn from each set for the Fréchet distances")
-    p.add_argument("--ssim-images", type=int, default=1000, help="images for mean pairwise SSIM (paper 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ssim-images", type=int, default=SSIM_IMAGES, help="images for mean pairwise SSIM (paper 1000)")
+    p.add_argument("--seed", type=int, default=QUALITY_SEED)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output JSON")
     p.set_defaults(func=cmd_quality)
 
     p = sub.add_parser("ssim", help="mean pairwise SSIM of real patches (JSON)")
     p.add_argument("patches", type=Path, nargs="+", help="patch files")
-    p.add_argument("--ssim-images", type=int, default=1000, help="images for mean pairwise SSIM (paper 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ssim-images", type=int, default=SSIM_IMAGES, help="images for mean pairwise SSIM (paper 1000)")
+    p.add_argument("--seed", type=int, default=QUALITY_SEED)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output JSON")
     p.set_defaults(func=cmd_ssim)
@@ -610,9 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-per-group", type=int, required=True, help="images drawn from each group")
     p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--backbone", default="auto", help=backbone_help)
+    p.add_argument("--backbone", default=AUTO, help=backbone_help)
     p.add_argument("--weights", type=Path, help="local pytorch-fid Inception weights (.pth); never downloaded")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=QUALITY_SEED)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output TSV: x, y, source, index")
     p.set_defaults(func=cmd_tsne)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from sklearn.manifold import TSNE
 
 from dpmra.data.intensity import load_images
+from dpmra.features.backbones import AUTO
 from dpmra.features.extract import (
     backbone_name,
     extract_features,
@@ -146,7 +147,7 @@ def tsne_embedding(
     n_per_group: int,
     perplexity: float = 30.0,
     seed: int = 0,
-    backbone: str = "auto",
+    backbone: str = AUTO,
     weights: Path | None = None,
 ) -> pd.DataFrame:
     """2-D t-SNE (scikit-learn, PCA start) of up to n_per_group images per group, on the Fréchet backbone's features.

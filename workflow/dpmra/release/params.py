@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpmra.features.backbones import AUTO
+
 CHECKPOINT_CHOICES = ("last", "val_fd")
 
 
@@ -42,5 +44,5 @@ class Validation:
     """Held-out patches (never training data) and the feature extractor that judge the epochs for "val_fd"."""
 
     patches: list[Path]
-    backbone: str = "auto"
+    backbone: str = AUTO
     weights: Path | None = None

@@ -37,6 +37,7 @@ from dpmra.data.volumes import (
     load_nifti,
     save_nifti,
 )
+from dpmra.segmentation.params import OVERLAP, PREDICT_BATCH, THRESHOLD
 from dpmra.segmentation.unet import MULTIPLE, UNet
 from dpmra.shared import checkpoint
 from dpmra.shared.devices import default_device
@@ -63,8 +64,6 @@ def load_model(path: Path, device: torch.device | None = None) -> tuple[UNet, fl
     return model.to(device or default_device()).eval(), float(stored["mean"]), float(stored["std"])
 
 
-DEFAULT_OVERLAP = 0.5
-"""Share of a window's side that neighbouring windows overlap by: half, nnU-Net's step (MONAI's default is 0.25)."""
 SIGMA_SCALE = 0.125
 """Standard deviation of the Gaussian blending weights as a share of the window side (MONAI's default)."""
 MIN_WEIGHT = 1e-3
@@ -153,7 +152,7 @@ def predict_probability(
     brain_mask: np.ndarray,
     patch_size: int,
     batch_size: int,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float = OVERLAP,
 ) -> np.ndarray:
     """Vessel probability per voxel: overlapping windows through the model in batches, Gaussian-blended, 0 off-brain."""
     device = next(segmenter.model.parameters(), torch.empty(0)).device
@@ -210,10 +209,10 @@ def predict_volume(
     label: Path | None,
     out_dir: Path,
     patch_size: int,
-    threshold: float = 0.5,
-    batch_size: int = 64,
+    threshold: float = THRESHOLD,
+    batch_size: int = PREDICT_BATCH,
     original_affine: np.ndarray | None = None,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float = OVERLAP,
 ) -> dict[str, Path]:
     """Segment a prepared (RAS, 0..255) volume; write probability, segmentation and (with a label) error map.
 
@@ -276,9 +275,9 @@ def predict_patients(
     patients: list[str],
     out_dir: Path,
     patch_size: int,
-    threshold: float = 0.5,
-    batch_size: int = 64,
-    overlap: float = DEFAULT_OVERLAP,
+    threshold: float = THRESHOLD,
+    batch_size: int = PREDICT_BATCH,
+    overlap: float = OVERLAP,
 ) -> None:
     """Segment prepared patients (`data_dir/<patient>/`, as `dpmra prepare` writes them) with one loaded model.
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from dpmra.segmentation.params import UnetParams
 from dpmra.segmentation.unet import MULTIPLE, UNet, dice_loss
 from dpmra.shared import checkpoint
 from dpmra.shared.atomic import write_atomic
@@ -46,28 +47,6 @@ TRAINING_COLUMNS = ["epoch", "loss", "seconds"]
 ROTATION_DEGREES = 30.0
 SHEAR_DEGREES = 20.0
 FLIP_PROBABILITY = 0.5
-
-
-@dataclass(frozen=True)
-class UnetParams:
-    """Everything that defines a U-Net training run (the paper's values as defaults)."""
-
-    lr: float = 1e-4
-    dropout: float = 0.0
-    augment: bool = False
-    batch_size: int = 64
-    epochs: int = 15
-    base_width: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("batch_size", "epochs", "base_width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 # --- training data -----------------------------------------------------------------
