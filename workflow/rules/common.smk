@@ -142,11 +142,6 @@ def gan_runs(pattern: str) -> list[str]:
     return expand(pattern, sigma=SIGMAS, seed=GAN["seeds"])
 
 
-def weights_argument(wildcards) -> str:
-    """`--weights FILE` where the config names local Inception-v3 weights for FID."""
-    return f"--weights {QUALITY['weights']}" if QUALITY["weights"] else ""
-
-
 def weights_option(wildcards, input) -> str:
     """`--weights FILE` where the job's input `weights` holds the local Inception-v3 weights (quality.weights)."""
     return f"--weights {input.weights}" if input.weights else ""
@@ -159,13 +154,21 @@ def validation_patches(wildcards) -> list[str]:
     return expand("results/patches/{patient}.npz", patient=patients_in("val"))
 
 
+def selection_weights(wildcards) -> list[str]:
+    """The local Inception-v3 weights (quality.weights), an input of the release only when it chooses the epoch by
+    val_fd with them."""
+    if SYNTH["checkpoint"] != "val_fd" or not QUALITY["weights"]:
+        return []
+    return [QUALITY["weights"]]
+
+
 def selection_arguments(wildcards, input) -> str:
     """The validation patches and feature extractor when the release checkpoint is chosen by val_fd."""
     if SYNTH["checkpoint"] != "val_fd":
         return ""
     return (
         f"--validation {' '.join(input.validation)} --selection-samples {SYNTH['selection_samples']} "
-        f"--backbone {QUALITY['backbone']} {weights_argument(wildcards)}"
+        f"--backbone {QUALITY['backbone']} {weights_option(wildcards, input)}"
     )
 
 

@@ -2,6 +2,7 @@ rule synth:
     input:
         generator="results/gan/sigma~{sigma}/seed~{seed}/generator.pt",
         validation=validation_patches,
+        weights=selection_weights,
     output:
         dataset="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
         images="results/synth/sigma~{sigma}/seed~{seed}/images.nii.gz",

@@ -56,7 +56,9 @@ rule predict:
         size=PATCHES["size"],
         threshold=UNET["threshold"],
         overlap=UNET["overlap"],
+        # the prepared patients' folder: their volumes beside each volume.json (as rule score reads it)
+        data=lambda wildcards, input: folder_of(input.prepared, 2),
     shell:
-        "dpmra predict --model {input.model} --data results/data --patients {params.patients} "
+        "dpmra predict --model {input.model} --data {params.data} --patients {params.patients} "
         "--patch-size {params.size} --threshold {params.threshold} --overlap {params.overlap} "
         "--threads {threads} --out {output} > {log} 2>&1"
