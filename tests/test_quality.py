@@ -13,8 +13,6 @@ from skimage.metrics import structural_similarity
 from dpmra.evaluation.quality import (
     QUALITY_COLUMNS,
     fd_scores,
-    feature_statistics,
-    frechet_distance,
     quality_table,
     run_quality,
     run_ssim_real,
@@ -23,7 +21,7 @@ from dpmra.evaluation.quality import (
     tsne_embedding,
     write_quality_table,
 )
-from dpmra.features.extract import RANDOM_CNN
+from dpmra.features.extract import RANDOM_CNN, feature_statistics, frechet_distance
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,8 +22,8 @@ from dpmra.features.backbones import AUTO
 from dpmra.features.extract import (
     backbone_name,
     extract_features,
-    feature_statistics,
     frechet_distance,
+    image_statistics,
     resolve_backbone,
 )
 from dpmra.release.cards import card_columns
@@ -70,7 +70,7 @@ def fd_scores(
     rng = np.random.default_rng(seed)
     stats = {}
     for name, images in (("synthetic", synthetic), ("train", train), ("test", test)):
-        stats[name] = feature_statistics(extract_features(draw(images, n_fd, rng), backbone, weights, device=device))
+        stats[name] = image_statistics(draw(images, n_fd, rng), backbone, weights, device=device)
     dims = len(stats["synthetic"][0])
     if n_fd <= dims:
         log.warning("Fréchet distance on %d samples of %d-d features: covariances are singular", n_fd, dims)

@@ -168,6 +168,13 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+def image_statistics(
+    images: np.ndarray, backbone: str, weights: Path | None = None, device: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the features of images (n, P, P) on the 0..255 scale: one side of a Fréchet distance."""
+    return feature_statistics(extract_features(images, backbone, weights, device=device))
+
+
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2)), the Fréchet distance of two Gaussians.
 

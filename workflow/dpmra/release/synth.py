@@ -14,13 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from dpmra.data.intensity import load_images, rescale_patches
-from dpmra.features.extract import (
-    backbone_name,
-    extract_features,
-    feature_statistics,
-    frechet_distance,
-    resolve_backbone,
-)
+from dpmra.features.extract import backbone_name, frechet_distance, image_statistics, resolve_backbone
 from dpmra.generators.interface import epoch_generators, generate, load_release
 from dpmra.release.cards import IMAGE_SCALING, privacy_card
 from dpmra.release.params import ReleaseParams, Validation
@@ -58,11 +52,11 @@ def choose_by_validation(run_dir: Path, release: ReleaseParams, validation: Vali
     intensity = load_release(run_dir / "generator.pt")["intensity"]
     real = load_images(validation.patches)
     real = real[np.random.default_rng(release.seed).permutation(len(real))[: release.selection_samples]]
-    real_stats = feature_statistics(extract_features(real, backbone, validation.weights))
+    real_stats = image_statistics(real, backbone, validation.weights)
     scores, generators = [], {}
     for epoch, stored in epoch_generators(run_dir):
         image, _ = to_dataset(generate(stored, len(real), release.seed), release.label_threshold, intensity)
-        fd = frechet_distance(*feature_statistics(extract_features(image, backbone, validation.weights)), *real_stats)
+        fd = frechet_distance(*image_statistics(image, backbone, validation.weights), *real_stats)
         scores.append({"epoch": epoch, "fd": fd, "fd_backbone": backbone_name(backbone), "n": len(real)})
         generators[epoch] = stored
         log.info("epoch %d: Frechet distance to the validation patches %.4g", epoch, fd)
