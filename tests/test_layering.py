@@ -1,4 +1,4 @@
-"""The package's layers: every dpmra import points down, and no stage imports another stage.
+"""The package's layers: every dpmra import points down, no stage imports another, long modules say why.
 
 Each subpackage of workflow/dpmra/ is one layer; the order below is the only place it is spelt (docs/design.md,
 section 3, describes it). A module may import its own layer and any layer listed before it. Layers that share a
@@ -124,3 +124,14 @@ def test_an_upward_or_sideways_import_is_caught(module, source, expected):
         assert found == []
     else:
         assert len(found) == 1 and found[0].endswith(expected), found
+
+
+LONG = 400
+"""Lines above which a module says in its docstring why it stays in one file ("... on purpose: ...")."""
+
+
+def test_a_long_module_says_why_it_is_one_file():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        if source.count("\n") > LONG:
+            assert "on purpose" in (ast.get_docstring(ast.parse(source)) or ""), path

@@ -1,4 +1,8 @@
-"""The `dpmra` command line: parses arguments and calls one stage; errors go to stderr with exit code 1."""
+"""The `dpmra` command line: parses arguments and calls one stage; errors go to stderr with exit code 1.
+
+Long on purpose: the whole command line is one argparse table, so every command, option and default reads in one
+place; the defaults come from the params modules (see `params_from`) and the stages are imported per command.
+"""
 
 from __future__ import annotations
 

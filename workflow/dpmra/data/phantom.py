@@ -1,5 +1,8 @@
 """Synthetic TOF-MRA subjects: bifurcating vessel trees rendered on a textured brain.
 
+Long on purpose: one simulator, whose geometry, tree growth, rendering and noise share one layout of random
+streams per subject (moving a draw changes every subject), so it stays in one file.
+
 No real patient data can ship, so the default workflow runs on phantom subjects. Each
 subject is a 3D image (float32), its exact binary vessel label, a brain mask and a RAS
 affine, all deterministic from (site, seed).

@@ -1,5 +1,8 @@
 """DP-SGD gradients: per-sample clipping by book-keeping, then one Gaussian noise draw.
 
+One file on purpose (a little over 400 lines): the engine's sensitivity argument (per-layer norms, float64 sums,
+the clipping bound, the noise) reads in one place.
+
 Why hand-written rather than Opacus: on this CPU (paper critic, batch 32) Opacus' hooks
 cost 3.5x a non-private critic update, expanded weights 3.2x, and its ghost clipping 4.1x
 because Opacus 1.6 has no ghost norm for Conv2d. This engine runs one forward pass and
