@@ -25,15 +25,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dpmra.evaluate import score_split
-from dpmra.features import RANDOM_CNN, extract_features, feature_statistics, frechet_distance
-from dpmra.gan import GanParams, train_gan
-from dpmra.intensity import load_images
-from dpmra.patches import patient_patches, training_set
-from dpmra.plan import sampling, sigma_for_epsilon
-from dpmra.predict import predict_patients
-from dpmra.segment import UnetParams, train_unet
-from dpmra.synth import ReleaseParams, release_dataset
+from dpmra.data.intensity import load_images
+from dpmra.data.patches import patient_patches, training_set
+from dpmra.evaluation.tables import score_split
+from dpmra.features.extract import RANDOM_CNN, extract_features, feature_statistics, frechet_distance
+from dpmra.generators.params import GanParams
+from dpmra.generators.train import train_gan
+from dpmra.privacy.plan import sampling, sigma_for_epsilon
+from dpmra.release.params import ReleaseParams
+from dpmra.release.synth import release_dataset
+from dpmra.segmentation.params import UnetParams
+from dpmra.segmentation.predict import predict_patients
+from dpmra.segmentation.training import train_unet
 
 PATCH = 32
 BASE = GanParams(epochs=17, batch_size=32, n_critic=5, lr=5e-4, width_g=16, width_d=16)
