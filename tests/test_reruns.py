@@ -52,13 +52,14 @@ class Job:
 
 
 def planned_jobs(output: str) -> list[Job]:
-    """The jobs a dry run lists: rule, wildcards and reason of each `rule X:` block."""
+    """The jobs a dry run lists: rule, wildcards and reason of each `rule X:` block (a group's members, such as
+    the score jobs, are listed indented under their group job)."""
     jobs = []
-    for block in re.split(r"^(?=(?:local)?rule \w+:$)", output, flags=re.M):
-        head = re.match(r"(?:local)?rule (\w+):$", block, flags=re.M)
+    for block in re.split(r"^(?=(?:    )?(?:local)?rule \w+:$)", output, flags=re.M):
+        head = re.match(r"(?:    )?(?:local)?rule (\w+):$", block, flags=re.M)
         if not head:
             continue
-        fields = dict(re.findall(r"^    (\w+): (.*)$", block, flags=re.M))
+        fields = dict(re.findall(r"^ {4,8}(\w+): (.*)$", block, flags=re.M))
         wildcards = tuple(
             tuple(item.split("=", 1)) for item in fields.get("wildcards", "").split(", ") if "=" in item
         )
