@@ -1,1 +1,1 @@
-"""Privacy: the DP-SGD engine, the accountants and run planning, the secret key, and the DP audit's statistics."""
+"""Privacy: the DP-SGD engine, the accountants, delta, run planning, the secret key, the DP audit's canaries and bound."""
