@@ -10,7 +10,7 @@ check numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -110,7 +110,7 @@ def epsilon_label(privacy: pd.DataFrame, accountant: str = "RDP") -> str:
 
 
 def sigma_legend(
-    fig: Figure, palette: dict[str, str], epsilons: dict[str, float], real: bool, markers: Iterable[Line2D] = ()
+    fig: Figure, palette: dict[str, str], epsilons: dict[str, float], real: bool, markers: Sequence[Line2D] = ()
 ) -> None:
     """A figure legend below the panels: the markers' meanings, then one entry per sigma with its epsilon (and real
     data, if shown)."""
