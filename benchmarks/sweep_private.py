@@ -28,7 +28,7 @@ import torch
 from dpmra.data.intensity import load_images
 from dpmra.data.patches import patient_patches, training_set
 from dpmra.evaluation.tables import score_split
-from dpmra.features.extract import RANDOM_CNN, extract_features, feature_statistics, frechet_distance
+from dpmra.features.extract import RANDOM_CNN, frechet_distance, image_statistics
 from dpmra.generators.params import GanParams
 from dpmra.generators.train import train_gan
 from dpmra.privacy.plan import sampling, sigma_for_epsilon
@@ -115,7 +115,7 @@ def run_digest(params: GanParams) -> str:
 def val_fd(dataset: Path, val_patches: np.ndarray) -> float:
     """Frechet distance (random-CNN features) between the released images and the validation patches."""
     synthetic = load_images([dataset])[: len(val_patches)]
-    stats = [feature_statistics(extract_features(x, RANDOM_CNN)) for x in (synthetic, val_patches)]
+    stats = [image_statistics(x, RANDOM_CNN) for x in (synthetic, val_patches)]
     return frechet_distance(*stats[0], *stats[1])
 
 
