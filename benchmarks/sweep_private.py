@@ -40,7 +40,7 @@ from dpmra.segmentation.training import train_unet
 
 PATCH = 32
 BASE = GanParams(epochs=17, batch_size=32, n_critic=5, lr=5e-4, width_g=16, width_d=16)
-UNET = UnetParams(lr=1e-3, dropout=0.0, augment=False, batch_size=32, epochs=8, base_width=8, seed=0)
+UNET = UnetParams(lr=1e-3, dropout=0.0, augment=False, batch_size=32, epochs=8, base_width=8, seed=0, loss="dice_bce")
 ADAM = dict(optimizer="adam", beta1=0.5, lr=2e-4, ema=0.99)
 SMALL = dict(width_g=8, width_d=8)
 

@@ -92,6 +92,7 @@ CODE = {
     "unet.epochs": [field(UnetParams, "epochs"), option("train-unet", "--epochs")],
     "unet.base_width": [field(UnetParams, "base_width"), option("train-unet", "--base-width")],
     "unet.seed": [field(UnetParams, "seed"), option("train-unet", "--seed")],
+    "unet.loss": [field(UnetParams, "loss"), option("train-unet", "--loss")],
     "unet.threshold": [
         option("predict", "--threshold"), parameter(predict_patients, "threshold"), parameter(predict_volume, "threshold")
     ],

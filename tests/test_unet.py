@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from dpmra.segmentation.unet import UNet, dice_loss
+from dpmra.segmentation.unet import UNet, dice_loss, segmentation_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -108,3 +110,46 @@ def test_dice_loss_hand_computed_soft_case_is_over_the_whole_batch() -> None:
 def test_dice_loss_of_empty_target_and_prediction_is_zero() -> None:
     zeros = torch.zeros(1, 1, 4, 4)
     assert dice_loss(zeros, zeros).item() == pytest.approx(0.0)
+
+
+def test_forward_is_the_sigmoid_of_the_logits() -> None:
+    model = UNet(base_width=4).eval()
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(x), torch.sigmoid(model.logits(x)))
+
+
+def test_dice_bce_is_hand_computed_dice_plus_mean_cross_entropy() -> None:
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 3.0]]).view(1, 1, 2, 2)
+    target = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).view(1, 1, 2, 2)
+    prob = [0.5, 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(1)), 1 / (1 + math.exp(-3))]
+    truth = [0.0, 1.0, 1.0, 0.0]
+    dice = 1 - (2 * (prob[1] + prob[2]) + 1) / (sum(prob) + 2 + 1)
+    bce = -sum(t * math.log(p) + (1 - t) * math.log(1 - p) for p, t in zip(prob, truth)) / 4
+    assert segmentation_loss(logits, target, "dice").item() == pytest.approx(dice, rel=1e-6)
+    assert segmentation_loss(logits, target, "dice_bce").item() == pytest.approx(dice + bce, rel=1e-6)
+
+
+def test_dice_bce_matches_monai_dice_ce_loss() -> None:
+    monai_losses = pytest.importorskip("monai.losses")
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 1, 16, 16, generator=generator) * 3
+    target = (torch.rand(4, 1, 16, 16, generator=generator) < 0.2).float()
+    reference = monai_losses.DiceCELoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    torch.testing.assert_close(segmentation_loss(logits, target, "dice_bce"), reference(logits, target))
+
+
+def test_cross_entropy_keeps_a_gradient_where_saturated_dice_has_none() -> None:
+    logits = torch.full((1, 1, 4, 4), -30.0, requires_grad=True)
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., 0, 0] = 1
+    segmentation_loss(logits, target, "dice").backward()
+    dice_grad = logits.grad[..., 0, 0].abs().item()
+    logits.grad = None
+    segmentation_loss(logits, target, "dice_bce").backward()
+    assert dice_grad < 1e-9
+    assert logits.grad[..., 0, 0].item() == pytest.approx(-1 / 16, rel=1e-6)
+
+
+def test_unknown_loss_raises() -> None:
+    with pytest.raises(ValueError, match="loss must be one of"):
+        segmentation_loss(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), "focal")

@@ -17,7 +17,7 @@ from pathlib import Path
 from dpmra.features.backbones import AUTO
 from dpmra.generators.params import GanParams
 from dpmra.release.params import CHECKPOINT_CHOICES, ReleaseParams, Validation
-from dpmra.segmentation.params import OVERLAP, PREDICT_BATCH, THRESHOLD, UnetParams
+from dpmra.segmentation.params import LOSSES, OVERLAP, PREDICT_BATCH, THRESHOLD, UnetParams
 
 log = logging.getLogger("dpmra")
 
@@ -535,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=UnetParams.epochs)
     p.add_argument("--base-width", type=int, default=UnetParams.base_width, help="filters of the first level (paper 32)")
     p.add_argument("--seed", type=int, default=UnetParams.seed)
+    p.add_argument(
+        "--loss", choices=LOSSES, default=UnetParams.loss, help="soft Dice (paper) or soft Dice + binary cross-entropy"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_unet)

@@ -70,6 +70,15 @@ PUBLIC_SET = (
     else PRETRAIN["set"]
 )
 WARM_START = "results/gan/public/generator.pt" if PUBLIC_SET else None
+# Jobs on the way to the warm start run before the rest, whose jobs are all ready from the start.
+WARM_START_PRIORITY = 10
+
+
+def public_first(wildcards) -> int:
+    """Job priority: a public patient's jobs go first, as every GAN run waits for the warm start they feed."""
+    return WARM_START_PRIORITY if wildcards.patient in patients_in("public") else 0
+
+
 # U-Net training sources: the real train patches, every released synthetic dataset, and the warm start alone.
 UNET_SOURCES = ["real", *GAN_SOURCES, *(["public"] if WARM_START else [])]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]

@@ -8,6 +8,7 @@ rule phantom:
         "results/logs/phantom/{patient}.log",
     benchmark:
         "results/benchmarks/phantom/{patient}.tsv"
+    priority: public_first
     conda:
         "../../envs/base.yaml"
     resources:
@@ -42,6 +43,7 @@ rule prepare:
         "results/logs/prepare/{patient}.log",
     benchmark:
         "results/benchmarks/prepare/{patient}.tsv"
+    priority: public_first
     conda:
         "../../envs/base.yaml"
     resources:

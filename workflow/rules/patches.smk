@@ -9,6 +9,7 @@ rule patches:
         "results/logs/patches/{patient}.log",
     benchmark:
         "results/benchmarks/patches/{patient}.tsv"
+    priority: public_first
     conda:
         "../../envs/base.yaml"
     resources:

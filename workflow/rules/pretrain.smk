@@ -15,6 +15,7 @@ rule public_set:
         ),
     log:
         "results/logs/public_set.log",
+    priority: WARM_START_PRIORITY
     conda:
         "../../envs/base.yaml"
     resources:
@@ -44,6 +45,7 @@ rule gan_pretrain:
         "results/logs/gan/public.log",
     benchmark:
         "results/benchmarks/gan/public.tsv"
+    priority: WARM_START_PRIORITY
     conda:
         "../../envs/torch.yaml"
     threads: 2

@@ -25,11 +25,12 @@ rule unet:
         epochs=UNET["epochs"],
         base_width=UNET["base_width"],
         seed=UNET["seed"],
+        loss=UNET["loss"],
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
     shell:
         "dpmra train-unet {input} --lr {params.lr} --dropout {params.dropout} {params.augment} "
         "--batch-size {params.batch_size} --epochs {params.epochs} --base-width {params.base_width} "
-        "--seed {params.seed} --threads {threads} --out {params.out_dir} > {log} 2>&1"
+        "--seed {params.seed} --loss {params.loss} --threads {threads} --out {params.out_dir} > {log} 2>&1"
 
 
 # One prediction job per (source, setting, split): the model is loaded once for the split's patients, and

@@ -13,6 +13,8 @@ THRESHOLD = 0.5
 """Predicted probability above which a voxel is vessel."""
 OVERLAP = 0.5
 """Share of a window's side that neighbouring windows overlap by: half, nnU-Net's step (MONAI's default is 0.25)."""
+LOSSES = ("dice", "dice_bce")
+"""Training losses: the paper's soft Dice, or soft Dice + binary cross-entropy (MONAI's ``DiceCELoss`` convention)."""
 PREDICT_BATCH = 64
 """Windows per model call in prediction."""
 
@@ -28,12 +30,15 @@ class UnetParams:
     epochs: int = 15
     base_width: int = 32
     seed: int = 0
+    loss: str = "dice"
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("batch_size", "epochs", "base_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -2,7 +2,8 @@
 
 Training (``train_unet``) follows the paper's public Keras code (Livne et al. 2019): inputs
 normalised with the training patches' mean and standard deviation (one scalar each, stored
-with the model), soft Dice loss, Adam. Augmentation, when on, draws per sample a rotation of
+with the model), soft Dice loss (``loss = dice_bce``: soft Dice + binary cross-entropy), Adam.
+Augmentation, when on, draws per sample a rotation of
 up to 30 degrees, a shear of up to 20 degrees and a vertical flip (probability 1/2; in Keras'
 sense: the patch array's first axis reversed), composed into one affine map applied with
 ``F.affine_grid``/``F.grid_sample`` to the normalised image (bilinear) and to the label
@@ -36,7 +37,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dpmra.segmentation.params import UnetParams
-from dpmra.segmentation.unet import MULTIPLE, UNet, dice_loss
+from dpmra.segmentation.unet import MULTIPLE, UNet, segmentation_loss
 from dpmra.shared import checkpoint
 from dpmra.shared.atomic import write_atomic
 from dpmra.shared.devices import default_device
@@ -164,9 +165,9 @@ class UnetTrainer:
         return images, labels
 
     def step(self, images: Tensor, labels: Tensor) -> float:
-        """One Adam step on the Dice loss of a batch; returns the loss."""
+        """One Adam step on the run's loss of a batch; returns the loss."""
         self.optimiser.zero_grad(set_to_none=True)
-        loss = dice_loss(self.model(images), labels)
+        loss = segmentation_loss(self.model.logits(images), labels, self.params.loss)
         loss.backward()
         self.optimiser.step()
         return loss.item()
@@ -239,7 +240,7 @@ def save_checkpoint(trainer: UnetTrainer, directory: Path) -> None:
 
 
 def write_training_table(rows: list[dict[str, float]], path: Path) -> None:
-    """training.tsv: epoch, mean Dice loss, seconds; one row per epoch."""
+    """training.tsv: epoch, mean training loss, seconds; one row per epoch."""
     table = pd.DataFrame(rows, columns=TRAINING_COLUMNS)
     write_atomic(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
 
@@ -288,6 +289,8 @@ def train_unet(sources: list[Path], out_dir: Path, params: UnetParams) -> None:
         row = trainer.run_epoch()
         save_checkpoint(trainer, ckpt_dir)
         write_training_table(trainer.rows, out_dir / "training.tsv")
-        logger.info("epoch %d/%d: dice loss %.4f (%.1f s)", row["epoch"], params.epochs, row["loss"], row["seconds"])
+        logger.info(
+            "epoch %d/%d: %s loss %.4f (%.1f s)", row["epoch"], params.epochs, params.loss, row["loss"], row["seconds"]
+        )
     write_training_table(trainer.rows, out_dir / "training.tsv")
     write_model(trainer, out_dir / "model.pt")

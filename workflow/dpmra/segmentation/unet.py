@@ -1,4 +1,4 @@
-"""The segmentation network: Livne et al. (2019) "half U-Net", and the soft Dice loss it was trained with.
+"""The segmentation network: Livne et al. (2019) "half U-Net", the soft Dice loss it was trained with, and Dice + BCE.
 
 Architecture, following the public Keras code of Livne et al. (``Unet/utils/unet.py`` of
 prediction2020/unet-vessel-segmentation), with the paper's half widths:
@@ -11,7 +11,8 @@ prediction2020/unet-vessel-segmentation), with the paper's half widths:
 - Up path: nearest-neighbour ``Upsample`` x2 (Keras ``UpSampling2D``, no weights), concatenated
   with the skip features (upsampled first, then skip, as Keras), then the level's block; its first
   conv is the "Upsample + conv". No transposed convolution.
-- A 1x1 conv to one channel and a sigmoid: the forward pass returns vessel probabilities.
+- A 1x1 conv to one channel and a sigmoid: the forward pass returns vessel probabilities
+  (``logits`` stops before the sigmoid, for the cross-entropy term of ``segmentation_loss``).
 - Initialisation as Keras' defaults: Glorot-uniform kernels, zero biases.
 
 Parameter count, with w = base_width and block(a, b) = 9ab + b + 9b^2 + b:
@@ -23,7 +24,10 @@ block(1, w) + block(w, 2w) + block(2w, 4w) + block(4w, 8w) + block(8w, 16w)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dpmra.segmentation.params import LOSSES
 
 POOLINGS = 4
 MULTIPLE = 2**POOLINGS
@@ -77,6 +81,10 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Vessel probabilities for a batch of single-channel images."""
+        return torch.sigmoid(self.logits(x))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Vessel logits (before the sigmoid) for a batch of single-channel images."""
         check_input(x)
         skips = []
         for block in self.down:
@@ -86,7 +94,7 @@ class UNet(nn.Module):
         x = self.bottom(x)
         for block, skip in zip(self.up, reversed(skips)):
             x = block(torch.cat([self.upsample(x), skip], dim=1))
-        return torch.sigmoid(self.head(x))
+        return self.head(x)
 
 
 def check_input(x: Tensor) -> None:
@@ -111,3 +119,17 @@ def dice_loss(prob: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     target = target.reshape(-1).to(prob.dtype)
     intersection = (prob * target).sum()
     return 1 - (2 * intersection + eps) / (prob.sum() + target.sum() + eps)
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, loss: str) -> Tensor:
+    """The training loss on logits: soft Dice (``dice``), or soft Dice + mean binary cross-entropy (``dice_bce``).
+
+    The cross-entropy term keeps a gradient where soft Dice has none: once every probability has
+    saturated at 0, Dice's gradient vanishes with it and the network stays all-background.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    dice = dice_loss(torch.sigmoid(logits), target)
+    if loss == "dice":
+        return dice
+    return dice + F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
