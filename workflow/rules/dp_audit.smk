@@ -9,6 +9,7 @@ rule dp_audit:
         "results/logs/dp_audit/sigma~{sigma}/seed~{seed}.log",
     benchmark:
         "results/benchmarks/dp_audit/sigma~{sigma}/seed~{seed}.tsv"
+    priority: PRIORITY["gan"]
     conda:
         "../../envs/torch.yaml"
     threads: 2

@@ -40,6 +40,7 @@ rule gan:
         "results/logs/gan/sigma~{sigma}/seed~{seed}.log",
     benchmark:
         "results/benchmarks/gan/sigma~{sigma}/seed~{seed}.tsv"
+    priority: PRIORITY["gan"]
     conda:
         "../../envs/torch.yaml"
     threads: 2

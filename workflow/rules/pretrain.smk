@@ -15,7 +15,7 @@ rule public_set:
         ),
     log:
         "results/logs/public_set.log",
-    priority: WARM_START_PRIORITY
+    priority: PRIORITY["warm_start"]
     conda:
         "../../envs/base.yaml"
     resources:
@@ -45,7 +45,7 @@ rule gan_pretrain:
         "results/logs/gan/public.log",
     benchmark:
         "results/benchmarks/gan/public.tsv"
-    priority: WARM_START_PRIORITY
+    priority: PRIORITY["warm_start"]
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -72,6 +72,7 @@ rule synth_public:
         gallery="results/synth/public/gallery.png",
     log:
         "results/logs/synth/public.log",
+    priority: PRIORITY["synth"]
     conda:
         "../../envs/torch.yaml"
     threads: 1

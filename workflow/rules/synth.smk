@@ -19,6 +19,7 @@ rule synth:
         "results/logs/synth/sigma~{sigma}/seed~{seed}.log",
     benchmark:
         "results/benchmarks/synth/sigma~{sigma}/seed~{seed}.tsv"
+    priority: PRIORITY["synth"]
     conda:
         "../../envs/torch.yaml"
     threads: 1

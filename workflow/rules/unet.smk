@@ -8,6 +8,7 @@ rule unet:
         "results/logs/unet/{source}/{setting}.log",
     benchmark:
         "results/benchmarks/unet/{source}/{setting}.tsv"
+    priority: PRIORITY["unet"]
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -45,6 +46,7 @@ rule predict:
         "results/logs/predict/{source}/{setting}/{split}.log",
     benchmark:
         "results/benchmarks/predict/{source}/{setting}/{split}.tsv"
+    priority: PRIORITY["predict"]
     conda:
         "../../envs/torch.yaml"
     threads: 1
