@@ -1,4 +1,5 @@
-"""The rule files without a run: what each command reads is declared, cheap rules stay local, scores are grouped.
+"""The rule files without a run: commands read only declared files, cheap rules stay local, scores are grouped,
+and priorities put the longest path (warm start, GAN runs, releases, U-Nets, predictions) first.
 
 Light checks (a dry run and a parse of the workflow, seconds each) of what a run or the SLURM test would find
 only much later: a command reading a folder its job never declared, a table or figure sent to the cluster as
@@ -26,6 +27,7 @@ LOCAL_RULES = {
 _RULES = """
 import json, sys
 from pathlib import Path
+from types import SimpleNamespace
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ConfigSettings, ResourceSettings
 root = Path(sys.argv[1])
@@ -37,8 +39,15 @@ with SnakemakeApi() as api:
         workdir=Path(sys.argv[2]),
     )._workflow
     # `_group` and `_localrules`: Rule.group and is_local() answer None and True in a local run.
+    patients = workflow.globals["patients"]
+    def priority(rule):
+        """A rule's priority, or per patient (split: priority) where it is a function of the patient."""
+        if not callable(rule.priority):
+            return rule.priority
+        return {f"{patients.loc[p, 'split']}:{rule.priority(SimpleNamespace(patient=p))}" for p in patients.index}
     print(json.dumps({
-        rule.name: {"local": rule.name in workflow._localrules or rule.norun, "group": rule._group}
+        rule.name: {"local": rule.name in workflow._localrules or rule.norun, "group": rule._group,
+                    "priority": sorted(p) if isinstance(p := priority(rule), set) else p}
         for rule in workflow.rules
     }))
 """
@@ -59,6 +68,19 @@ def rules(tmp_path_factory) -> dict[str, dict]:
 def test_cheap_rules_are_local_and_scores_one_group(rules):
     assert {name for name, rule in rules.items() if rule["local"]} == LOCAL_RULES
     assert {name: rule["group"] for name, rule in rules.items() if rule["group"]} == {"score": "score"}
+
+
+def test_priorities_run_the_longest_path_first(rules):
+    priority = {name: rule["priority"] for name, rule in rules.items()}
+    chain = [priority[name] for name in ("gan_pretrain", "gan", "synth", "unet", "predict")]
+    assert chain == sorted(chain, reverse=True) and len(set(chain)) == len(chain) and chain[-1] > 0
+    assert priority["public_set"] == priority["gan_pretrain"]
+    assert priority["dp_audit"] == priority["gan"] and priority["synth_public"] == priority["synth"]
+    public_first = {f"public:{priority['gan_pretrain']}", "train:0", "val:0", "test:0", "external:0"}
+    assert priority["phantom"] == priority["prepare"] == priority["patches"] == sorted(public_first)
+    others = set(priority) - {"gan_pretrain", "public_set", "gan", "dp_audit", "synth", "synth_public", "unet",
+                              "predict", "phantom", "prepare", "patches"}
+    assert {priority[name] for name in others} == {0}
 
 
 def dry_run_jobs(workdir) -> list[dict]:

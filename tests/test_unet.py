@@ -153,3 +153,16 @@ def test_cross_entropy_keeps_a_gradient_where_saturated_dice_has_none() -> None:
 def test_unknown_loss_raises() -> None:
     with pytest.raises(ValueError, match="loss must be one of"):
         segmentation_loss(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), "focal")
+
+
+def test_channels_last_layout_gives_the_plain_nchw_result() -> None:
+    model = UNet(base_width=4).eval()
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in model.parameters() if w.dim() == 4)
+    plain = UNet(base_width=4, memory_format=torch.contiguous_format).eval()
+    plain.load_state_dict(model.state_dict())
+    assert all(w.is_contiguous() for w in plain.parameters())
+    x = torch.randn(3, 1, 32, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = plain(x)
+        assert reference.is_contiguous()
+        torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-6)
