@@ -40,8 +40,7 @@ with SnakemakeApi() as api:
     )._workflow
     # `_group` and `_localrules`: Rule.group and is_local() answer None and True in a local run.
     patients = workflow.globals["patients"]
-    def priority(rule):
-        """A rule's priority, or per patient (split: priority) where it is a function of the patient."""
+    def priority(rule):  # a rule's priority, or per patient (split:priority) where it is a function of one
         if not callable(rule.priority):
             return rule.priority
         return {f"{patients.loc[p, 'split']}:{rule.priority(SimpleNamespace(patient=p))}" for p in patients.index}
