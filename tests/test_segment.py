@@ -98,7 +98,7 @@ def test_load_sources_rejects_bad_files(tmp_path) -> None:
 
 
 def test_params_are_validated() -> None:
-    for bad in ({"lr": 0}, {"dropout": 1.0}, {"batch_size": 0}, {"epochs": 0}, {"base_width": 0}):
+    for bad in ({"lr": 0}, {"dropout": 1.0}, {"batch_size": 0}, {"epochs": 0}, {"base_width": 0}, {"loss": "focal"}):
         with pytest.raises(ValueError):
             UnetParams(**bad)
 
@@ -189,6 +189,14 @@ def test_training_lowers_the_loss(trained) -> None:
     assert table["loss"].iloc[1] < table["loss"].iloc[0] - 0.05
 
 
+def test_dice_bce_training_lowers_its_loss_and_is_recorded(cpu_only, sources, tmp_path) -> None:
+    train_unet(sources, tmp_path / "bce", replace(TINY, loss="dice_bce"))
+    table = pd.read_csv(tmp_path / "bce" / "training.tsv", sep="\t")
+    assert table["loss"].iloc[1] < table["loss"].iloc[0]
+    assert table["loss"].iloc[0] > 1  # Dice (<= 1) plus a cross-entropy that starts near log 2
+    assert checkpoint.load(tmp_path / "bce" / "model.pt")["params"]["loss"] == "dice_bce"
+
+
 def test_training_is_deterministic_from_the_seed(cpu_only, sources, tmp_path) -> None:
     for name, params in [("first", TINY), ("again", TINY), ("other_seed", replace(TINY, seed=6))]:
         train_unet(sources, tmp_path / name, params)
@@ -213,13 +221,15 @@ def test_kill_and_resume_equals_an_uninterrupted_run(cpu_only, sources, tmp_path
 
 @pytest.mark.parametrize(
     "change, reason",
-    [("lr", "different parameters"), ("epochs", "beyond the requested"), ("data", "other training data")],
+    [("lr", "different parameters"), ("loss", "different parameters"), ("epochs", "beyond the requested"),
+     ("data", "other training data")],
 )
 def test_checkpoint_of_another_run_is_discarded(trained, sources, tmp_path, caplog, change, reason) -> None:
     """After a change Snakemake reruns the job: the kept checkpoint is deleted and training starts afresh."""
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    params = {"lr": replace(TINY, lr=1e-3), "epochs": replace(TINY, epochs=1), "data": TINY}[change]
+    params = {"lr": replace(TINY, lr=1e-3), "loss": replace(TINY, loss="dice_bce"), "epochs": replace(TINY, epochs=1),
+              "data": TINY}[change]
     data = sources[:1] if change == "data" else sources
     caplog.set_level(logging.INFO, logger="dpmra.segmentation.training")
     train_unet(data, run, params)
