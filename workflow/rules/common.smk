@@ -71,8 +71,8 @@ PUBLIC_SET = (
 )
 WARM_START = "results/gan/public/generator.pt" if PUBLIC_SET else None
 # Job priorities: the longest remaining path first. Every GAN run waits for the warm start, every U-Net on synthetic
-# data for a GAN run and its release; quality, tables and figures fill in around them (on 2 cores, the default ran
-# its last GAN after most U-Nets and took 9:13 instead of about 8:20).
+# data for a GAN run and its release; quality, tables and figures fill in around them (without them, on 2 cores,
+# the default ran its last GAN after most U-Nets: benchmarks/README.md, "The default run end to end").
 PRIORITY = {"warm_start": 10, "gan": 5, "synth": 4, "unet": 3, "predict": 2}
 
 

@@ -19,6 +19,12 @@ PREDICT_BATCH = 64
 """Windows per model call in prediction."""
 
 
+def check_loss(loss: str) -> None:
+    """Refuse a training loss that is not one of LOSSES."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
 @dataclass(frozen=True)
 class UnetParams:
     """Everything that defines a U-Net training run (the paper's values as defaults)."""
@@ -37,8 +43,7 @@ class UnetParams:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        check_loss(self.loss)
         for name in ("batch_size", "epochs", "base_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpmra.segmentation.params import LOSSES
+from dpmra.segmentation.params import check_loss
 
 POOLINGS = 4
 MULTIPLE = 2**POOLINGS
@@ -134,8 +134,7 @@ def segmentation_loss(logits: Tensor, target: Tensor, loss: str) -> Tensor:
     The cross-entropy term keeps a gradient where soft Dice has none: once every probability has
     saturated at 0, Dice's gradient vanishes with it and the network stays all-background.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    check_loss(loss)
     dice = dice_loss(torch.sigmoid(logits), target)
     if loss == "dice":
         return dice
