@@ -1,5 +1,7 @@
 # Two commands for a newcomer: `make demo` (install + run the embedded default) and `make test`.
 # Both create .venv if missing and are idempotent: the install step reruns only when pyproject.toml changes.
+# After the demo: `make report`, `make release`; `make profiles` once, so that `snakemake --profile local` and
+# `snakemake --profile slurm` work by name (in a shell where `source .venv/bin/activate` ran).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dpmra-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test report lint clean
+.PHONY: install demo test report release profiles lint clean
 
 install: $(STAMP)
 
@@ -26,6 +28,13 @@ demo: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --report results/report.html
+
+release: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) release
+
+# Links profiles/local and profiles/slurm into Snakemake's user profile folder (~/.config/snakemake), by name.
+profiles: $(STAMP)
+	$(BIN)/dpmra profiles --profiles profiles
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -55,13 +55,19 @@ def one_torch_thread():
 
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+BIN = Path(sys.executable).parent
+# Every workflow run in the tests starts as a user's `.venv/bin/snakemake` in a new shell: the venv is NOT on PATH
+# (`make test` puts it there; it is taken out), so jobs find `dpmra` only through the workflow itself.
+ENV = {
+    **os.environ,
+    "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()),
+}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """Run the repository's workflow in `workdir`; stdout holds both streams (Snakemake reports errors on either)."""
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
+        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
         cwd=workdir,
         env=ENV,
         stdout=subprocess.PIPE,

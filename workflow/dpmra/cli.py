@@ -137,6 +137,16 @@ def cmd_secret_key(args: argparse.Namespace) -> None:
              "created" if created else "kept the existing", args.out)
 
 
+def cmd_profiles(args: argparse.Namespace) -> None:
+    """Link the workflow's profiles where `snakemake --profile NAME` finds them by name."""
+    from dpmra.shared.environment import link_profiles, snakemake_profile_folder
+
+    folder = args.into or snakemake_profile_folder()
+    for link, source in link_profiles(args.profiles, folder):
+        print(f"{link} -> {source}")
+    print(f"`snakemake --profile NAME` now finds these by name (run it in {Path.cwd()}, where the Snakefile is)")
+
+
 def cmd_synth(args: argparse.Namespace) -> None:
     """Sample one trained generator into a released dataset with its privacy card."""
     from dpmra.release.synth import release_dataset
@@ -500,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("secret-key", help="create the secret key file for the DP randomness (if it does not exist)")
     p.add_argument("--out", type=Path, required=True, help="key file (32 random bytes, mode 0600)")
     p.set_defaults(func=cmd_secret_key)
+
+    p = sub.add_parser("profiles", help="link the workflow's Snakemake profiles (local, slurm) so they work by name")
+    p.add_argument("--profiles", type=Path, default=Path("profiles"), help="folder of profile folders")
+    p.add_argument("--into", type=Path, help="default: Snakemake's user profile folder (~/.config/snakemake)")
+    p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("synth", help="release a synthetic dataset and its privacy card from one generator.pt")
     p.add_argument("--generator", type=Path, required=True, help="generator.pt written by train-gan")

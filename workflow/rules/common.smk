@@ -5,6 +5,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from dpmra.data.manifest import check_manifest, phantom_table, read_manifest
+from dpmra.shared.environment import path_with_dpmra, require_dpmra
 from dpmra.privacy.plan import (
     gan_sigmas,
     parse_sigma,
@@ -14,6 +15,11 @@ from dpmra.privacy.plan import (
 )
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+# Every job runs `dpmra`: this Python's scripts folder (a venv's bin/) goes first on PATH, which local and SLURM
+# jobs inherit, so `.venv/bin/snakemake` works without activating; with conda, each job's environment has its own.
+os.environ["PATH"] = path_with_dpmra(os.environ.get("PATH", ""))
+if "conda" not in {str(m) for m in workflow.deployment_settings.deployment_method}:
+    require_dpmra(os.environ["PATH"])
 # A run asking for the paper's FID stops here, before any job, when pytorch-fid or its weights are missing.
 if config["quality"]["backbone"] == "inception-v3":
     from dpmra.features.backbones import require_backbone
@@ -22,17 +28,28 @@ if config["quality"]["backbone"] == "inception-v3":
 
 
 def load_patients() -> pd.DataFrame:
-    """The cohort: phantom patients from the config, or the validated manifest."""
+    """The cohort: phantom patients from the config, or the validated manifest plus the phantom's public cohort.
+
+    The phantom's public cohort (synthetic, public by construction) feeds the default warm start
+    (gan.pretrain.set phantom) whatever data.source is, so a manifest runs on the defaults.
+    """
     data = config["data"]
+    phantom = data["phantom"]
     if data["source"] == "phantom":
-        return phantom_table(
-            data["phantom"]["splits"],
-            data["phantom"]["seed"],
-            data["phantom"]["public"],
-        )
+        return phantom_table(phantom["splits"], phantom["seed"], phantom["public"])
     table = read_manifest(data["manifest"])
     validate(table, schema="../schemas/samples.schema.yaml")
-    return check_manifest(table, data["manifest"])
+    table = check_manifest(table, data["manifest"])
+    if config["gan"]["pretrain"]["set"] != "phantom" or not phantom["public"]:
+        return table
+    public = phantom_table({}, phantom["seed"], phantom["public"])
+    clash = sorted(set(public.index) & set(table.index))
+    if clash:
+        raise ValueError(
+            f"{data['manifest']}: patient id(s) {', '.join(clash)} are the phantom's public cohort's "
+            "(data.phantom.public, the default warm start); rename them, or set gan.pretrain.set: null"
+        )
+    return pd.concat([table, public])
 
 
 patients = load_patients()
@@ -61,7 +78,9 @@ SETTINGS = unet_settings(UNET)
 PRETRAIN = GAN["pretrain"]
 if PRETRAIN["set"] == "phantom" and not patients_in("public"):
     raise ValueError(
-        "gan.pretrain.set is phantom but data.phantom.public lists no patients"
+        "gan.pretrain.set is phantom (the warm start on the phantom's public cohort) but data.phantom.public "
+        "lists no patients: set data.phantom.public (e.g. {site: C, patients: 3}), or gan.pretrain.set to "
+        "null (no warm start) or to a public training-set .npz"
     )
 # The warm start's public training set: built from the public phantom cohort, or a file the config names.
 PUBLIC_SET = (
@@ -99,9 +118,14 @@ wildcard_constraints:
     split="|".join(EVAL_SPLITS),
 
 
+def from_phantom(patient: str) -> bool:
+    """Whether a patient is rendered by the phantom: every one with data.source phantom, else the public cohort."""
+    return config["data"]["source"] == "phantom" or patients.loc[patient, "split"] == "public"
+
+
 def raw_volumes(wildcards) -> dict[str, str]:
     """A patient's input NIfTI files: the phantom's outputs or the manifest's paths (mask only if given)."""
-    if config["data"]["source"] == "phantom":
+    if from_phantom(wildcards.patient):
         return {
             name: f"results/phantom/{wildcards.patient}/{name}.nii.gz"
             for name in ("image", "label", "brain_mask")
