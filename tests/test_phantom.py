@@ -11,12 +11,21 @@ import numpy as np
 import pytest
 from nibabel.affines import apply_affine
 from scipy import ndimage
+from test_brain_mask import yellow_pixels
 
+from dpmra.cli import main
 from dpmra.data import phantom
 from dpmra.data.phantom import SITES, Site, Subject, make_subject, vessel_tree, write_subject
 
 SMALL = (48, 48, 20)
 MODERATE = {"A": (96, 96, 32), "B": (80, 80, 32)}
+# Seed 0 at (48, 48, 24), rendered by the phantom before the scalp existed: image sum, sum of squares (float64),
+# vessel and brain voxels. A subject without a scalp must still render exactly so.
+BEFORE_SCALP = {
+    "A": (3625478.2181818746, 427413964.6268833, 414, 28409),
+    "B": (4961435.338153882, 747819339.2067261, 662, 28794),
+    "C": (2936784.804876864, 274595371.9024466, 824, 28892),
+}
 
 
 @lru_cache(maxsize=None)
@@ -31,8 +40,10 @@ def vessel_fraction(subject: Subject) -> float:
 
 
 def background_sigma(subject: Subject) -> float:
-    """Gaussian noise sigma from pure-noise background, where Rician magnitude has E[I^2] = 2 sigma^2."""
-    far = ~ndimage.binary_dilation(subject.brain_mask.astype(bool), iterations=3)
+    """Gaussian noise sigma from pure-noise background (air outside the head), where Rician magnitude has E[I^2] =
+    2 sigma^2."""
+    head = subject.brain_mask.astype(bool) | (subject.scalp > 0)
+    far = ~ndimage.binary_dilation(head, iterations=3)
     return float(np.sqrt(np.mean(subject.image[far].astype(np.float64) ** 2) / 2.0))
 
 
@@ -196,6 +207,7 @@ def test_write_subject_round_trips(tmp_path: Path):
     png = paths["mip"].read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     assert matplotlib.image.imread(paths["mip"]).ndim == 3
+    assert yellow_pixels(paths["mip"]) > 100, "the brain mask's outline is drawn"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
 
 
@@ -210,3 +222,62 @@ def test_unknown_site_is_rejected_with_the_known_ones():
 def test_bad_shape_is_rejected(shape):
     with pytest.raises(ValueError, match="shape"):
         make_subject("A", 0, shape)
+
+
+@pytest.mark.parametrize("site, scalp", [("A", None), ("C", None), ("B", False)])
+def test_subjects_without_a_scalp_render_as_before_the_scalp_existed(site, scalp):
+    subject = make_subject(site, 0, (48, 48, 24), scalp)
+    image = subject.image.astype(np.float64)
+    total, squares, vessels, brain = BEFORE_SCALP[site]
+    assert image.sum() == pytest.approx(total, rel=1e-6)
+    assert (image * image).sum() == pytest.approx(squares, rel=1e-6)
+    assert subject.label.sum() == vessels and subject.brain_mask.sum() == brain
+    assert not subject.scalp.any()
+
+
+@pytest.mark.parametrize("site", ["B", "A"])
+def test_scalp_is_a_dark_skull_ring_and_bright_fat_outside_the_brain(site):
+    subject = cached_subject(site, 4, (64, 64, 24)) if site == "B" else make_subject(site, 4, (64, 64, 24), True)
+    brain, label = subject.brain_mask.astype(bool), subject.label.astype(bool)
+    skull, fat = subject.scalp == phantom.SKULL, subject.scalp == phantom.FAT
+    assert skull.sum() > 5000 and fat.sum() > 5000
+    assert not np.any(brain & (skull | fat)) and not np.any(label & (skull | fat))
+    distance = ndimage.distance_transform_edt(~brain, sampling=subject.spacing)
+    assert distance[fat].min() > 3.9 * min(subject.spacing[:2]), "at least 4 voxels of skull between brain and fat"
+    assert distance[skull].max() < distance[fat].max()
+    tissue = subject.image[brain & ~label].mean()
+    assert subject.image[skull].mean() < 0.3 * tissue
+    assert subject.image[fat].mean() > 1.2 * tissue
+    head = brain | skull | fat
+    assert not head[[0, -1]].any() and not head[:, [0, -1]].any(), "air around the head in every slice"
+
+
+@pytest.mark.parametrize(
+    "site, scalp, expected", [("A", None, False), ("C", None, False), ("B", None, True), ("B", False, False),
+                              ("A", True, True), ("C", True, True)]
+)
+def test_scalp_is_the_sites_default_and_can_be_switched(site, scalp, expected):
+    subject = make_subject(site, 4, (64, 64, 24), scalp)
+    outside = ~ndimage.binary_dilation(subject.brain_mask.astype(bool))
+    bright = (subject.image > 0.5 * SITES[site].brain_intensity) & outside
+    assert SITES[site].scalp == (site == "B")
+    assert subject.scalp.any() == expected
+    if expected:
+        assert bright.sum() > 0.1 * outside.sum()
+    else:
+        assert bright.sum() == 0
+    assert np.array_equal(subject.segments, vessel_tree(site, 4, (64, 64, 24), scalp))
+
+
+def test_shape_too_small_for_a_scalp_is_rejected():
+    with pytest.raises(ValueError, match="too small for a scalp"):
+        make_subject("B", 0, (24, 24, 16))
+    assert not make_subject("B", 0, (24, 24, 16), scalp=False).scalp.any()
+
+
+@pytest.mark.parametrize("flag, scalp", [("--scalp", True), ("--no-scalp", False)])
+def test_phantom_command_switches_the_scalp(tmp_path: Path, flag, scalp):
+    argv = ["phantom", "--site", "A", "--seed", "2", "--shape", "48", "48", "24", flag, "--out", str(tmp_path)]
+    assert main(argv) == 0
+    written = np.asanyarray(nib.load(tmp_path / "image.nii.gz").dataobj)
+    assert np.array_equal(written, make_subject("A", 2, (48, 48, 24), scalp).image)

@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import AFFINE, save, toy_subject
+from test_brain_mask import yellow_pixels
 
+from dpmra.data.phantom import FAT, make_subject
 from dpmra.data.prepare import prepare_subject
 from dpmra.data.volumes import VolumeError, derive_brain_mask, read_subject
 
@@ -44,7 +46,9 @@ def test_valid_subject_is_written_normalised(subject_files, tmp_path):
     assert json.loads((out / "volume.json").read_text()) == json.loads(json.dumps(info))
     assert info["vessel_voxels"] == toy_subject()[1].sum()
     assert info["intensity_normalisation"]["percentiles"] == [0.5, 99.5]
+    assert info["mask_method"] == f"given: {subject_files['brain_mask']}" and info["scalp_voxels_removed"] is None
     assert (out / "mip.png").stat().st_size > 1000
+    assert yellow_pixels(out / "mip.png") > 100, "the mask outline is drawn"
 
 
 def test_label_stored_as_0_255_is_accepted(subject_files, tmp_path):
@@ -59,11 +63,33 @@ def test_missing_mask_is_derived_and_logged(subject_files, tmp_path, caplog):
     caplog.set_level("INFO")
     info = run(subject_files, tmp_path / "out", mask=False)
     assert info["mask_method"].startswith("derived: Otsu")
+    assert info["mask_method"].endswith("no skull ring found, nothing removed as scalp")
+    assert info["scalp_voxels_removed"] == 0
     assert "no brain mask given" in caplog.text
     derived = nib.load(tmp_path / "out" / "brain_mask.nii.gz").get_fdata() > 0
     _, label, true_mask = toy_subject()
     assert derived[label > 0].all()
     assert (derived == (true_mask > 0)).mean() > 0.95
+
+
+def test_derived_mask_leaves_out_the_scalp_of_a_phantom_with_one(tmp_path, caplog):
+    caplog.set_level("INFO")
+    subject = make_subject("B", 0, (64, 64, 24))
+    files = {
+        name: save(getattr(subject, name), tmp_path / f"{name}.nii.gz", subject.affine)
+        for name in ("image", "label", "brain_mask")
+    }
+    info = run(files, tmp_path / "out", mask=False)
+    assert "skull ring found in 24 of 24 axial slices" in info["mask_method"]
+    assert "skull ring found in 24 of 24 axial slices" in caplog.text
+    fat = subject.scalp == FAT
+    assert info["scalp_voxels_removed"] > 0.5 * fat.sum()
+    assert info["label_voxels_outside_mask"] == 0
+    derived = nib.load(tmp_path / "out" / "brain_mask.nii.gz").get_fdata() > 0
+    assert (derived & fat).sum() < 0.01 * fat.sum()
+    brain = subject.brain_mask > 0
+    assert 2 * (derived & brain).sum() / (derived.sum() + brain.sum()) >= 0.95
+    assert yellow_pixels(tmp_path / "out" / "mip.png") > 300
 
 
 def test_derived_mask_keeps_largest_component():

@@ -5,7 +5,28 @@ streams per subject (moving a draw changes every subject), so it stays in one fi
 
 No real patient data can ship, so the default workflow runs on phantom subjects. Each
 subject is a 3D image (float32), its exact binary vessel label, a brain mask and a RAS
-affine, all deterministic from (site, seed).
+affine, all deterministic from (site, seed, shape, scalp).
+
+Sites (``SITES``; voxel size in mm, default grid, look):
+
+| site | role | voxel size | grid | brain signal | noise | scalp |
+| --- | --- | --- | --- | --- | --- | --- |
+| A | internal (train, val, test) | 0.5 x 0.5 x 0.7 | 192 x 192 x 64 | 120 | 5 | no |
+| B | external test set | 0.6 x 0.6 x 0.7 | 160 x 160 x 64 | 150 | 12 | yes |
+| C | public cohort (warm start) | 0.7 x 0.7 x 0.9 | 136 x 136 x 50 | 90 | 8 | no |
+
+Scalp (``Site.scalp``, or ``scalp=True/False`` to override a site's look): the real-world
+TOF traits of an unstripped head. Around the brain, at a distance measured in mm from the
+brain mask, lie a dark skull ring (SKULL_SIGNAL of the brain's signal: bone has almost
+none in TOF-MRA; SKULL_MM thick at anatomy scale 1) and outside it bright subcutaneous fat
+(FAT_SIGNAL = 1.5 times the brain's: short T1; FAT_MM thick), then air. Both thicknesses
+vary by up to SCALP_VARIATION around the head, are never thinner than SCALP_MIN_VOXELS
+in-plane voxels, and are recorded per voxel in ``Subject.scalp`` (SKULL, FAT). The scalp
+is outside the brain mask and holds no vessel; the brain mask stays the brain only. To fit
+the head into the field of view with a margin of air, the brain's in-plane semi-axes (and
+the anatomy scale) shrink; a grid too small for that is refused. Its random draws come
+from their own stream, so subjects without a scalp are exactly those rendered before the
+scalp existed.
 
 Conventions
 - Array axes are (x, y, z); z is the axial (slice) axis. The affine is
@@ -13,8 +34,8 @@ Conventions
   so a voxel centre is at ``(index - (n - 1) / 2) * spacing`` mm.
 - All geometry is generated in mm, so sites with other voxel sizes render the same anatomy
   class. The brain is an ellipsoid whose semi-axes are fixed fractions of the field of view
-  (FOV = shape * spacing), with a slightly irregular boundary; it is cut by the slab in z,
-  as a TOF-MRA slab cuts the head. Root radii and branch lengths scale with the FOV (the
+  (FOV = shape * spacing; smaller in-plane with a scalp), with a slightly irregular boundary;
+  it is cut by the slab in z, as a TOF-MRA slab cuts the head. Root radii and branch lengths scale with the FOV (the
   geometric mean of its ratios to the default 96 x 96 x 44.8 mm), the leaf radius stays
   0.2 mm, so a small ``shape`` override gives a smaller tree of the same kind.
 - The vessel tree (:func:`vessel_tree`, also ``Subject.segments``) is a list of straight
@@ -23,8 +44,8 @@ Conventions
   recursively with Murray's law (r_parent^3 = r_1^3 + r_2^3) and Murray's branching
   angles, from about 2 mm down to 0.2-0.25 mm at the leaves. Every segment keeps its
   label and partial-volume footprint inside the brain mask.
-- Vessel voxels are about 1.4-2.8 % of the brain mask voxels for both sites, at the default
-  shapes and at small overrides such as (64, 64, 24).
+- Vessel voxels are about 1.4-2.8 % of the brain mask voxels for sites A and B, with or
+  without a scalp, at the default shapes and at small overrides such as (64, 64, 24).
 
 Label rule (exact, evaluated on the segments of :func:`vessel_tree`): a voxel is a vessel
 voxel if, for at least one segment, its centre lies within the segment's radius of the
@@ -33,12 +54,13 @@ intersects the segment). The second clause keeps sub-voxel vessels in the label 
 chain of the voxels their centreline crosses; for r at least half the voxel diagonal it
 adds nothing.
 
-Image model: tissue signal (smooth grey/white-like variation plus fine texture) times a
-smooth multiplicative bias field, with vessels mixed in by their partial-volume fraction,
-then Rician noise sqrt((s + n1)^2 + n2^2). The partial-volume fraction of a voxel is the
-overlap of the vessel cross-section (a disc of radius r) with a disc of the voxel's
-cross-sectional area centred on the voxel centre, divided by that area; a sub-voxel
-vessel of radius r gives about pi r^2 / voxel_width^2 at its centreline, a faint signal.
+Image model: tissue signal (smooth grey/white-like variation plus fine texture) with vessels
+mixed in by their partial-volume fraction, and the scalp's signal outside the brain, times a
+smooth multiplicative bias field, then Rician noise sqrt((s + n1)^2 + n2^2). The
+partial-volume fraction of a voxel is the overlap of the vessel cross-section (a disc of
+radius r) with a disc of the voxel's cross-sectional area centred on the voxel centre,
+divided by that area; a sub-voxel vessel of radius r gives about pi r^2 / voxel_width^2 at
+its centreline, a faint signal.
 """
 
 from __future__ import annotations
@@ -67,6 +89,15 @@ OUTWARD_DRIFT = 0.08  # pull per step away from the z axis
 THIN_RADIUS_MM = 0.5  # branches thinner than this ...
 THIN_BRANCH_SURVIVAL = 0.6  # ... are grown with this probability
 BRANCH_ASYMMETRY = (0.6, 1.0)  # range of r_minor / r_major at a bifurcation
+SKULL_MM = 4.0  # dark skull ring (bone, very low TOF signal) around the brain, at anatomy scale 1 ...
+FAT_MM = 3.0  # ... and the bright subcutaneous fat outside it
+SCALP_VARIATION = 0.15  # largest relative change of a layer's thickness around the head
+SCALP_MIN_VOXELS = (4.0, 3.0)  # skull and fat are never thinner (in-plane voxels), so 1-voxel smoothing keeps them
+HEAD_MARGIN_MM = 1.5  # air between the fat and the in-plane edge of the field of view (at least 2 voxels)
+MIN_BRAIN_SHRINK = 0.5  # a grid too small to fit a scalp around a brain this much smaller is refused
+SKULL_SIGNAL = 0.05  # skull signal relative to brain_intensity
+FAT_SIGNAL = 1.5  # fat signal relative to brain_intensity: short T1, brighter than brain in TOF-MRA
+SKULL, FAT = 1, 2  # values of Subject.scalp
 
 
 @dataclass(frozen=True)
@@ -80,6 +111,7 @@ class Site:
     vessel_contrast: float  # signal of a fully filled vessel voxel relative to brain_intensity
     noise_sigma: float  # std of each Gaussian channel of the Rician noise
     bias_strength: float  # std of the log bias field
+    scalp: bool = False  # default look: a dark skull ring and bright subcutaneous fat around a smaller brain
 
 
 SITES: dict[str, Site] = {
@@ -100,6 +132,7 @@ SITES: dict[str, Site] = {
         vessel_contrast=2.2,
         noise_sigma=12.0,
         bias_strength=0.18,
+        scalp=True,
     ),
     # A public cohort for warm starts: another scanner (coarser in-plane, thicker slices, darker tissue, brighter
     # vessels), so that pretraining on it is not training on the private sites' domain.
@@ -126,6 +159,7 @@ class Subject:
     site: str
     seed: int
     segments: np.ndarray  # (n, 7) float64: x0, y0, z0, x1, y1, z1, radius in world mm
+    scalp: np.ndarray  # uint8: SKULL, FAT, or 0 (brain, air, and everywhere for a subject without a scalp)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -142,6 +176,12 @@ class _Geometry:
     fov: np.ndarray
     semi_axes: np.ndarray
     scale: float
+    scalp_mm: tuple[float, float] = (0.0, 0.0)  # mean skull and fat thickness; zero without a scalp
+
+    @property
+    def has_scalp(self) -> bool:
+        """Whether a skull and fat surround the brain."""
+        return self.scalp_mm[0] > 0.0
 
     @property
     def voxel_width(self) -> float:
@@ -185,17 +225,42 @@ def _resolve_shape(site: Site, shape: tuple[int, int, int] | None) -> tuple[int,
     return tuple(int(n) for n in shape)
 
 
-def _geometry(site: Site, shape: tuple[int, int, int] | None) -> _Geometry:
-    """Grid, brain and anatomy scale for a site at the given (or default) shape."""
+def _scalp_thickness(spacing: np.ndarray, scale: float) -> tuple[float, float]:
+    """Mean skull and fat thickness (mm): the anatomy's, but never thinner than SCALP_MIN_VOXELS after variation."""
+    skull_floor, fat_floor = (n * float(spacing[:2].max()) / (1.0 - SCALP_VARIATION) for n in SCALP_MIN_VOXELS)
+    return max(SKULL_MM * scale, skull_floor), max(FAT_MM * scale, fat_floor)
+
+
+def _brain_shrink(
+    fov: np.ndarray, semi_axes: np.ndarray, spacing: np.ndarray, scalp_mm: tuple[float, float]
+) -> float:
+    """Factor (at most 1) on the brain's in-plane axes that leaves room for the thickest scalp and a margin of air."""
+    margin = max(HEAD_MARGIN_MM, 2.0 * float(spacing[:2].max()))
+    room = fov[:2] / 2.0 - sum(scalp_mm) * (1.0 + SCALP_VARIATION) - margin
+    return float(min(1.0, (room / (semi_axes[:2] * (1.0 + BOUNDARY_IRREGULARITY))).min()))
+
+
+def _geometry(site: Site, shape: tuple[int, int, int] | None, scalp: bool = False) -> _Geometry:
+    """Grid, brain and anatomy scale for a site at the given (or default) shape; a scalp shrinks the brain in-plane."""
     shape = _resolve_shape(site, shape)
     spacing = np.asarray(site.spacing_mm, dtype=np.float64)
     fov = spacing * np.asarray(shape)
+    semi_axes = fov * np.asarray(BRAIN_SEMI_AXES_FRACTION)
+    scale = float(np.prod(fov / np.asarray(REFERENCE_FOV_MM)) ** (1.0 / 3.0))
+    if not scalp:
+        return _Geometry(shape=shape, spacing=spacing, fov=fov, semi_axes=semi_axes, scale=scale)
+    scalp_mm = _scalp_thickness(spacing, scale)
+    shrink = _brain_shrink(fov, semi_axes, spacing, scalp_mm)
+    if shrink < MIN_BRAIN_SHRINK:
+        raise ValueError(f"shape {shape} too small for a scalp at site {site.name}; use a larger shape or no scalp")
+    # The slab still cuts the brain in z; the anatomy scale follows the in-plane shrink (geometric mean of the axes).
     return _Geometry(
         shape=shape,
         spacing=spacing,
         fov=fov,
-        semi_axes=fov * np.asarray(BRAIN_SEMI_AXES_FRACTION),
-        scale=float(np.prod(fov / np.asarray(REFERENCE_FOV_MM)) ** (1.0 / 3.0)),
+        semi_axes=semi_axes * np.array([shrink, shrink, 1.0]),
+        scale=scale * shrink ** (2.0 / 3.0),
+        scalp_mm=scalp_mm,
     )
 
 
@@ -203,7 +268,8 @@ def _streams(site: str, seed: int) -> dict[str, np.random.Generator]:
     """Independent random streams per component, so the tree does not depend on the texture draws."""
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    names = ("tree", "boundary", "texture", "bias", "noise")
+    # Appending a name keeps the earlier children (and so every subject without a scalp) unchanged.
+    names = ("tree", "boundary", "texture", "bias", "noise", "scalp")
     children = np.random.SeedSequence([int(seed), ord(site)]).spawn(len(names))
     return {name: np.random.default_rng(child) for name, child in zip(names, children)}
 
@@ -318,9 +384,17 @@ def _grow_tree(geom: _Geometry, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(segments, dtype=np.float64).reshape(-1, 7)
 
 
-def vessel_tree(site: str, seed: int, shape: tuple[int, int, int] | None = None) -> np.ndarray:
+def _use_scalp(site: Site, scalp: bool | None) -> bool:
+    """Whether to render a scalp: as asked, or the site's default when None."""
+    return site.scalp if scalp is None else bool(scalp)
+
+
+def vessel_tree(
+    site: str, seed: int, shape: tuple[int, int, int] | None = None, scalp: bool | None = None
+) -> np.ndarray:
     """Vessel segments (x0, y0, z0, x1, y1, z1, radius) in world mm: the exact geometry of the label."""
-    geom = _geometry(_get_site(site), shape)
+    site_params = _get_site(site)
+    geom = _geometry(site_params, shape, _use_scalp(site_params, scalp))
     return _grow_tree(geom, _streams(site, seed)["tree"])
 
 
@@ -459,6 +533,25 @@ def _bias_field(geom: _Geometry, site: Site, rng: np.random.Generator) -> np.nda
     return np.exp(site.bias_strength * _smooth_field(rng, geom, grid_mm=4.0, sigma_mm=30.0))
 
 
+def _scalp(
+    brain_mask: np.ndarray, geom: _Geometry, site: Site, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scalp signal (float32, before bias) and layers (uint8 SKULL / FAT) at their distance (mm) from the brain."""
+    distance = ndimage.distance_transform_edt(~brain_mask, sampling=geom.spacing).astype(np.float32)
+    skull_mm, fat_mm = geom.scalp_mm
+    skull = skull_mm * (1.0 + SCALP_VARIATION * np.clip(_smooth_field(rng, geom, 4.0, 12.0), -1.0, 1.0))
+    outer = skull + fat_mm * (1.0 + SCALP_VARIATION * np.clip(_smooth_field(rng, geom, 4.0, 12.0), -1.0, 1.0))
+    texture = _smooth_field(rng, geom, grid_mm=1.0, sigma_mm=1.5)
+    # Soft layer edges over about one voxel, like the brain's.
+    width = geom.voxel_width
+    head = np.clip((outer - distance) / width + 0.5, 0.0, 1.0) * ~brain_mask
+    fat = head * np.clip((distance - skull) / width + 0.5, 0.0, 1.0)
+    fat_signal = FAT_SIGNAL * site.brain_intensity * (1.0 + 0.05 * texture)
+    signal = SKULL_SIGNAL * site.brain_intensity * (head - fat) + fat_signal * fat
+    layers = np.where(distance <= skull, SKULL, FAT) * ((distance > 0) & (distance <= outer))
+    return signal.astype(np.float32), layers.astype(np.uint8)
+
+
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of the signal plus complex Gaussian noise of std sigma per channel."""
     real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -466,10 +559,12 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
     return np.sqrt(real * real + imaginary * imaginary)
 
 
-def make_subject(site: str, seed: int, shape: tuple[int, int, int] | None = None) -> Subject:
-    """Generate one deterministic phantom subject for a site; shape overrides the site's default grid."""
+def make_subject(
+    site: str, seed: int, shape: tuple[int, int, int] | None = None, scalp: bool | None = None
+) -> Subject:
+    """Generate one deterministic phantom subject; shape overrides the site's grid, scalp its default look."""
     site_params = _get_site(site)
-    geom = _geometry(site_params, shape)
+    geom = _geometry(site_params, shape, _use_scalp(site_params, scalp))
     streams = _streams(site, seed)
     segments = _grow_tree(geom, streams["tree"])
     fraction, label = _render_vessels(segments, geom)
@@ -480,8 +575,12 @@ def make_subject(site: str, seed: int, shape: tuple[int, int, int] | None = None
     tissue = _tissue(geom, site_params, streams["texture"])
     bias = _bias_field(geom, site_params, streams["bias"])
     vessel = np.float32(site_params.brain_intensity * site_params.vessel_contrast)
-    signal = bias * (edge * tissue * (1.0 - fraction) + vessel * fraction)
-    image = _rician(signal, site_params.noise_sigma, streams["noise"])
+    signal = edge * tissue * (1.0 - fraction) + vessel * fraction
+    layers = np.zeros(geom.shape, dtype=np.uint8)
+    if geom.has_scalp:
+        scalp_signal, layers = _scalp(brain_mask, geom, site_params, streams["scalp"])
+        signal = signal + (1.0 - edge) * scalp_signal
+    image = _rician(bias * signal, site_params.noise_sigma, streams["noise"])
     return Subject(
         image=image.astype(np.float32),
         label=label.astype(np.uint8),
@@ -490,6 +589,7 @@ def make_subject(site: str, seed: int, shape: tuple[int, int, int] | None = None
         site=site,
         seed=int(seed),
         segments=segments,
+        scalp=layers,
     )
 
 
@@ -505,7 +605,6 @@ def write_subject(subject: Subject, out_dir: Path) -> dict[str, Path]:
     for key, array in volumes.items():
         save_nifti(array, subject.affine, paths[key])
     paths["mip"] = out_dir / "mip.png"
-    save_mip(
-        subject.image, subject.label, subject.affine, paths["mip"], f"phantom site {subject.site}, seed {subject.seed}"
-    )
+    title = f"phantom site {subject.site}, seed {subject.seed}"
+    save_mip(subject.image, subject.label, subject.affine, paths["mip"], title, subject.brain_mask)
     return paths

@@ -36,7 +36,9 @@ def prepare_subject(
     save_nifti(normalised, subject.affine, out_dir / "image.nii.gz")
     save_nifti(subject.label, subject.affine, out_dir / "label.nii.gz")
     save_nifti(subject.brain_mask, subject.affine, out_dir / "brain_mask.nii.gz")
-    save_mip(normalised, subject.label, subject.affine, out_dir / "mip.png", title=f"patient {patient}")
+    save_mip(
+        normalised, subject.label, subject.affine, out_dir / "mip.png", f"patient {patient}", subject.brain_mask
+    )
     info = {
         "patient": patient,
         **provenance,

@@ -21,10 +21,14 @@ AFFINE_ATOL_MM = 1e-3
 NORMALISATION_PERCENTILES = (0.5, 99.5)
 NORMALISATION_RANGE = (0.0, 255.0)
 MASK_METHOD = (
-    "derived: Otsu threshold of the image smoothed with a Gaussian (sigma 1 voxel), "
-    "binary closing (3 iterations, edge-padded), holes filled, largest connected component; "
-    "the vessel label is not read"
+    "derived: Otsu threshold of the image smoothed with a Gaussian (sigma 1 voxel); scalp removal, per axial slice: "
+    "the background reaching the slice's border is outside the head, and where foreground components touching no "
+    "such background (inside a dark skull ring) hold at least 20 % of the slice's foreground, the components "
+    "touching it (subcutaneous fat) are dropped, then the Otsu threshold is recomputed without them and the removal "
+    "repeated; then binary closing (3 iterations, edge-padded), holes filled, largest connected component; the "
+    "vessel label is not read"
 )
+INSIDE_RING_MIN_FRACTION = 0.2  # of a slice's foreground: components this large inside a dark ring are the brain
 
 
 class VolumeError(ValueError):
@@ -88,20 +92,83 @@ def binary_values(data: np.ndarray, path: Path, what: str) -> np.ndarray:
     return binary
 
 
+def _close_and_fill(mask: np.ndarray, iterations: int = 3) -> np.ndarray:
+    """Binary closing then hole filling; edge padding keeps the closing from eroding a brain cut by the slab."""
+    pad = iterations
+    closed = ndimage.binary_closing(np.pad(mask, pad, mode="edge"), iterations=iterations)
+    return ndimage.binary_fill_holes(closed[pad:-pad, pad:-pad, pad:-pad])
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a boolean volume (the volume itself if it has at most one)."""
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == sizes.argmax()
+
+
+def _inside_skull_ring(foreground: np.ndarray) -> np.ndarray | None:
+    """An axial slice's foreground components that touch no outside air, if they are sizeable; else None.
+
+    Outside air is the background connected to the slice's border. In TOF-MRA the bright subcutaneous fat touches
+    it, the brain lies inside the dark skull ring and does not; without a ring (no scalp, skull-stripped input, a
+    gap in the ring) every sizeable component touches the air. Slice by slice, because a TOF slab cuts the head at
+    its top and bottom (those faces are not outside) and a gap in one slice's ring then spoils only that slice.
+    """
+    components, count = ndimage.label(foreground)
+    if count == 0:
+        return None
+    near_outside = ndimage.binary_dilation(~ndimage.binary_fill_holes(foreground))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[np.unique(components[near_outside & foreground])] = 0
+    if sizes.sum() < INSIDE_RING_MIN_FRACTION * foreground.sum():
+        return None
+    return sizes[components] > 0
+
+
+def _drop_scalp(foreground: np.ndarray) -> np.ndarray:
+    """The foreground without, in each axial slice with a skull ring, the components outside the ring."""
+    kept = foreground.copy()
+    for z in range(foreground.shape[2]):
+        inner = _inside_skull_ring(foreground[:, :, z])
+        if inner is not None:
+            kept[:, :, z] = inner
+    return kept
+
+
+def derive_brain_mask_and_scalp(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brain mask by the rule in MASK_METHOD, and the foreground it dropped as scalp (empty: no skull ring found).
+
+    Image only: the label must not shape the scored region.
+    """
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=1.0)
+    foreground = smooth > threshold_otsu(smooth)
+    kept = _drop_scalp(foreground)
+    if (foreground & ~kept).any():
+        # Bright fat raises the Otsu threshold above dim brain edges; without it the threshold parts brain from air.
+        foreground = smooth > threshold_otsu(smooth[kept | ~foreground])
+        kept = _drop_scalp(foreground)
+    mask = _largest_component(_close_and_fill(kept))
+    return mask.astype(np.uint8), foreground & ~kept
+
+
 def derive_brain_mask(image: np.ndarray) -> np.ndarray:
     """Brain mask from the image alone, by the rule in MASK_METHOD: the label must not shape the scored region."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=1.0)
-    mask = smooth > threshold_otsu(smooth)
-    # Edge padding keeps the closing from eroding a brain that touches the slab's borders.
-    pad = 3
-    mask = ndimage.binary_closing(np.pad(mask, pad, mode="edge"), iterations=pad)[pad:-pad, pad:-pad, pad:-pad]
-    mask = ndimage.binary_fill_holes(mask)
-    components, count = ndimage.label(mask)
-    if count > 1:
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        mask = components == sizes.argmax()
-    return mask.astype(np.uint8)
+    return derive_brain_mask_and_scalp(image)[0]
+
+
+def describe_scalp(scalp: np.ndarray) -> str:
+    """The outcome of the scalp removal, for the mask method recorded in volume.json and the log."""
+    slices = int(scalp.any(axis=(0, 1)).sum())
+    if slices == 0:
+        return "no skull ring found, nothing removed as scalp"
+    return (
+        f"skull ring found in {slices} of {scalp.shape[2]} axial slices, "
+        f"{int(scalp.sum())} foreground voxels outside it removed as scalp"
+    )
 
 
 def read_subject(image_path: Path, label_path: Path, mask_path: Path | None) -> tuple[Subject, dict]:
@@ -128,9 +195,11 @@ def read_subject(image_path: Path, label_path: Path, mask_path: Path | None) -> 
     if mask_img is not None:
         mask = binary_values(np.asarray(nib.as_closest_canonical(mask_img).dataobj), mask_path, "brain mask")
         mask_method = f"given: {mask_path}"
+        scalp_removed = None
     else:
-        mask = derive_brain_mask(image)
-        mask_method = MASK_METHOD
+        mask, scalp = derive_brain_mask_and_scalp(image)
+        mask_method = f"{MASK_METHOD}; {describe_scalp(scalp)}"
+        scalp_removed = int(scalp.sum())
         if not mask.any():
             raise VolumeError(f"{image_path}: the brain mask derived from the image is empty; give a brain mask")
     outside = int((label & (1 - mask)).sum())
@@ -141,6 +210,7 @@ def read_subject(image_path: Path, label_path: Path, mask_path: Path | None) -> 
         "original_affine": original_affine,
         "original_orientation": original_axcodes,
         "mask_method": mask_method,
+        "scalp_voxels_removed": scalp_removed,
         "label_voxels_outside_mask": outside,
     }
     return Subject(image=image, label=label, brain_mask=mask, affine=image_img.affine), provenance

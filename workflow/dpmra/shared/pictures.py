@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -39,8 +40,19 @@ def mip_extent(affine: np.ndarray, shape: tuple[int, int]) -> tuple[float, float
     return (x0 - sx / 2, x0 + (shape[1] - 0.5) * sx, y0 - sy / 2, y0 + (shape[0] - 0.5) * sy)
 
 
-def save_mip(image: np.ndarray, label: np.ndarray, affine: np.ndarray, path: Path, title: str) -> None:
-    """Axial maximum-intensity projections in mm: the image, and the image with the label MIP in red."""
+def save_mip(
+    image: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+    path: Path,
+    title: str,
+    brain_mask: np.ndarray | None = None,
+) -> None:
+    """Axial maximum-intensity projections in mm: the image, and the image with the label MIP in red.
+
+    With a brain mask, both panels outline its projection in yellow, so a reader can check that the mask holds the
+    vessels and leaves out the scalp.
+    """
     mip = image.max(axis=2).T
     label_mip = np.ma.masked_equal(label.max(axis=2).T, 0)
     extent = mip_extent(affine, mip.shape)
@@ -49,12 +61,21 @@ def save_mip(image: np.ndarray, label: np.ndarray, affine: np.ndarray, path: Pat
     axes = fig.subplots(1, 2)
     for ax, panel in zip(axes, ("image MIP", "label MIP (red)")):
         ax.imshow(mip, cmap="gray", origin="lower", extent=extent, vmin=float(mip.min()), vmax=vmax)
-        ax.set_title(panel)
+        ax.set_title(panel if brain_mask is None else f"{panel}, brain mask (yellow)")
         ax.set_xlabel("x (mm, right)")
         ax.set_ylabel("y (mm, anterior)")
+        if brain_mask is not None:
+            draw_outline(ax, brain_mask.max(axis=2).T, extent)
     axes[1].imshow(label_mip, cmap=ListedColormap(["red"]), origin="lower", extent=extent, alpha=0.6)
     fig.suptitle(f"{title}: axial MIP")
     save_figure(fig, path, dpi=80)
+
+
+def draw_outline(ax: Axes, mask: np.ndarray, extent: tuple[float, float, float, float]) -> None:
+    """Outline a 2D binary mask (rows y, columns x) on axes showing an image with the same extent."""
+    if mask.any() and not mask.all():
+        mask = mask.astype(np.float32)
+        ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.8, origin="lower", extent=extent)
 
 
 def save_patch_gallery(images: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
