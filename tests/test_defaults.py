@@ -83,6 +83,7 @@ CODE = {
     "gan.latent_dim": [field(GanParams, "latent_dim"), option("train-gan", "--latent-dim")],
     "gan.mode": [field(GanParams, "mode"), option("train-gan", "--mode")],
     "gan.delta": [field(GanParams, "delta"), option("train-gan", "--delta")],
+    "gan.private_blocks": [field(GanParams, "private_blocks"), option("train-gan", "--private-blocks")],
     "gan.intensity": [option("training-set", "--intensity"), parameter(training_set, "intensity")],
     "privacy.secret": [option("train-gan", "--secret")],
     "privacy.unit": [field(GanParams, "unit"), option("train-gan", "--unit"), option("epsilon", "--unit")],
@@ -121,6 +122,7 @@ CODE = {
 # Schema defaults only the workflow reads (common.smk and the rules): no code default to agree with.
 WORKFLOW_ONLY = {
     "data.source", "data.manifest", "data.phantom.seed", "data.phantom.shape", "data.phantom.public",  # the cohort
+    "data.phantom.placebo", "gan.placebo",  # the placebo runs: their stand-in cohort and the kind wildcard
     "patches.per_patient", "patches.size", "patches.seed",  # required options of prepare and patches
     "gan.sigmas", "gan.epsilons", "gan.seeds",  # the study's runs: the sigma and seed wildcards
     "gan.pretrain.set", "gan.pretrain.epochs",  # the warm start: its rule passes --public and --epochs
@@ -139,6 +141,7 @@ OPTIONS_WITHOUT_KEY = {
     ("", "--verbose"), ("epsilon", "--accountant"), ("epsilon", "--json"), ("metrics", "--json"),
     ("train-gan", "--public"), ("train-unet", "--lr"), ("train-unet", "--dropout"), ("train-unet", "--augment"),
     ("predict", "--batch-size"), ("tsne", "--perplexity"),
+    ("profiles", "--profiles"),  # `make profiles` links the repository's profiles/ folder
 }
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from dpmra.generators.critic import Critic
+from dpmra.generators.critic import Critic, train_last_blocks
 from dpmra.privacy import dpsgd
 from dpmra.privacy.dpsgd import NORM_RTOL, BookKeepingClipper, DPGradient
 
@@ -205,3 +206,65 @@ def test_normalised_clipping_scales_every_gradient_just_under_c() -> None:
     for p, e in zip(engine.clipper.params, expected):
         torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-9)
     engine.remove()
+
+
+def last_blocks(critic: Critic, count: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters of the critic's last `count` convolutions (with their biases) and of the others, read off
+    the layers; a block is a strided convolution with what follows it."""
+    convs = [layer for layer in critic.net if isinstance(layer, nn.Conv2d)]
+    params = lambda layers: [p for layer in layers for p in layer.parameters()]  # noqa: E731
+    return params(convs[len(convs) - count :]), params(convs[: len(convs) - count])
+
+
+@pytest.mark.parametrize("private_blocks", [1, 2, 3])
+def test_frozen_blocks_are_outside_the_clipping(private_blocks: int, norm_path: str) -> None:
+    """Per-sample norms over the trained blocks only, as a one-backward-per-sample loop; the sigma-0 update is the
+    mean of their clipped per-sample gradients, and frozen parameters get no gradient at all."""
+    torch.manual_seed(8)
+    critic = Critic(16, width=4)
+    whole = copy.deepcopy(critic)
+    returned = train_last_blocks(critic, private_blocks)
+    trained, frozen = last_blocks(critic, private_blocks)
+    assert [id(p) for p in returned] == [id(p) for p in trained]
+    assert all(not p.requires_grad for p in frozen) and all(p.requires_grad for p in trained)
+    x = torch.randn(6, 2, 16, 16)
+    reference = per_sample_reference(critic, x, lambda s: -s, trained)
+    ref_norms = torch.tensor([norm64(g) for g in reference], dtype=torch.float64)
+    whole_grads = per_sample_reference(whole, x, lambda s: -s, list(whole.parameters()))
+    assert (ref_norms < torch.tensor([norm64(g) for g in whole_grads])).all()  # no share for the frozen blocks
+    c = float(ref_norms.median())  # some samples clipped, some not
+    engine = DPGradient(critic, c, noise_multiplier=0.0, expected_batch_size=6.0)
+    assert [id(p) for p in engine.clipper.params] == [id(p) for p in trained]
+    result = engine.accumulate(x, lambda s: -s)
+    torch.testing.assert_close(result.norms, ref_norms, rtol=1e-5, atol=1e-12)
+    assert (result.factors < 1).any() and (result.factors == 1).any()
+    bound = c / (1 + NORM_RTOL)
+    for i, p in enumerate(trained):
+        mean = sum(min(1.0, bound / n) * grads[i] for grads, n in zip(reference, ref_norms.tolist())) / 6
+        torch.testing.assert_close(p.grad, mean, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in frozen)
+    engine.remove()
+
+
+def test_noise_only_on_the_trained_parameters() -> None:
+    """Noise of std sigma C per trained coordinate, over exactly the trained dimension; none on frozen blocks."""
+    torch.manual_seed(9)
+    critic = Critic(16, width=8)
+    train_last_blocks(critic, 2)
+    sigma, c, expected_batch = 1.3, 0.7, 4.0
+    engine = DPGradient(critic, c, sigma, expected_batch, torch.Generator().manual_seed(0))
+    result = engine.accumulate(torch.randn(3, 2, 16, 16), lambda s: -s)
+    noise = torch.cat(
+        [(p.grad - g / expected_batch).flatten() for p, g in zip(engine.clipper.params, result.grads)]
+    )
+    assert noise.numel() == (64 * 64 * 16 + 64) + (64 * 16 + 1)  # conv5 (bias on its 2 x 2 map) and the head
+    assert abs(noise.std().item() / (sigma * c / expected_batch) - 1) < 0.03
+    trained, frozen = last_blocks(critic, 2)
+    assert all(p.grad is None for p in frozen) and all(p.grad is not None for p in trained)
+
+
+def test_train_last_blocks_refuses_more_blocks_than_the_critic_has() -> None:
+    critic = Critic(16, width=4)
+    with pytest.raises(ValueError, match=r"gan\.private_blocks .* is 7: the critic has 6 blocks"):
+        train_last_blocks(critic, 7)
+    assert len(train_last_blocks(critic, None)) == len(list(critic.parameters()))

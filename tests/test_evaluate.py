@@ -66,8 +66,10 @@ def test_summary_counts_infinite_distances_and_averages_the_finite_ones(study):
 def test_table1(study):
     table = pd.read_csv(study / "table1.tsv", sep="\t", keep_default_na=True)
     assert table.columns.tolist() == [
-        "source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf"
+        "source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf",
+        "private_gain",
     ]
+    assert table["private_gain"].isna().all(), "no placebo in this study"
     assert table[["source", "split"]].values.tolist() == [
         ["real", "test"], ["real", "external"], ["sigma~1/seed~0", "test"], ["sigma~1/seed~0", "external"]
     ]
@@ -76,3 +78,25 @@ def test_table1(study):
     assert table["bahd_sd"][0] == pytest.approx(math.sqrt(2), rel=1e-5) and table["dsc_sd"][1] == pytest.approx(0.2887, abs=1e-4)
     assert table[["bahd_n", "bahd_n_inf"]].values.tolist() == [[2, 0], [1, 2], [2, 0], [1, 2]]
     assert table["bahd_mean"][1] == 2.0 and math.isnan(table["bahd_sd"][1])
+
+
+def test_private_gain_pairs_each_run_with_its_placebo_and_spreads_over_seeds():
+    """Two seeds at sigma 0.5: gains 0.80 - 0.70 and 0.74 - 0.70 (mean 0.07, SD 0.0424); sigma inf has no placebo."""
+    from dpmra.evaluation.tables import private_gain, with_private_gain
+
+    rows = [
+        ("sigma~0.5/seed~0", 0.80), ("sigma~0.5/seed~1", 0.74), ("placebo~0.5/seed~0", 0.70),
+        ("placebo~0.5/seed~1", 0.70), ("sigma~inf/seed~0", 0.90), ("real", 0.95),
+    ]
+    table = pd.DataFrame(
+        [{"source": s, "split": "test", "epsilon": 10.0, "dsc_mean": d} for s, d in rows]
+    )
+    gained = with_private_gain(table).set_index("source")["private_gain"]
+    assert gained["sigma~0.5/seed~0"] == pytest.approx(0.10) and gained["sigma~0.5/seed~1"] == pytest.approx(0.04)
+    assert gained.drop(["sigma~0.5/seed~0", "sigma~0.5/seed~1"]).isna().all()
+    summary = private_gain(with_private_gain(table))
+    assert summary[["sigma", "split", "seeds"]].values.tolist() == [["0.5", "test", 2]]
+    row = summary.iloc[0]
+    assert row["private_gain_mean"] == pytest.approx(0.07)
+    assert row["private_gain_sd"] == pytest.approx(math.sqrt(((0.03) ** 2 + (0.03) ** 2) / 1))
+    assert row["private_dsc_mean"] == pytest.approx(0.77) and row["placebo_dsc_mean"] == pytest.approx(0.70)

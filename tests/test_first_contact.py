@@ -149,7 +149,8 @@ def test_readme_own_data_steps_on_the_defaults(profiles_linked):
     plan = shell(profiles_linked, f"{command} -n")
     assert plan.returncode == 0, plan.stdout[-3000:]
     assert re.search(r"^gan_pretrain\s+1\b", plan.stdout, re.M), "the default warm start runs for a manifest"
-    assert re.search(r"^phantom\s+3\b", plan.stdout, re.M), "the phantom renders only the public cohort"
+    # The phantom renders only the public cohorts: the warm start's 3 patients and the placebo's 2 (as many as train).
+    assert re.search(r"^phantom\s+5\b", plan.stdout, re.M), plan.stdout[-3000:]
 
     val = patients[2]
     targets = f"results/patches/public_set.npz results/patches/train_set.npz results/data/{val}/volume.json"

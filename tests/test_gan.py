@@ -13,13 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
+from dpmra import cli
 from dpmra.generators import train
 from dpmra.generators.interface import COLUMNS, load_training_set, sample_generator
 from dpmra.generators.params import GanParams
 from dpmra.generators.train import train_gan
 from dpmra.generators.warm_start import load_warm_start
 from dpmra.generators.wgan import WganTrainer
+from dpmra.privacy.accountants import epsilon
 from dpmra.privacy.dpsgd import NORM_RTOL
+from dpmra.release.cards import frozen_public_blocks
 from dpmra.shared import checkpoint
 
 PATCH = 16
@@ -293,3 +296,98 @@ def test_warm_start_continues_the_public_optimiser_statistics(train_set: Path, s
     private_run = tmp_path / "private"
     train_gan(train_set, private_run, private, secret, tmp_path / "public" / "generator.pt")
     assert "optimizers" not in checkpoint.load(private_run / "generator.pt")
+
+
+# --- fewer private parameters: the critic's first blocks frozen at the public warm start ------------------------
+
+# The critic at P = 16, width 4: each block's parameters (a strided conv, bias where its map is not normalised).
+BLOCK_KEYS = [
+    ["net.0.weight", "net.0.bias"],  # 2 -> 4 channels, 9 x 9
+    ["net.2.weight"],  # 4 -> 8, 5 x 5, InstanceNorm
+    ["net.5.weight", "net.5.bias"],  # 8 -> 16, 3 x 3
+    ["net.7.weight", "net.7.bias"],  # 16 -> 32, 2 x 2
+    ["net.9.weight", "net.9.bias"],  # 32 -> 32, 2 x 2
+    ["net.11.weight", "net.11.bias"],  # the head: 32 -> 1, 1 x 1
+]
+LAST_TWO_BLOCKS = (32 * 32 * 16 + 32) + (32 * 16 + 1)
+
+
+@pytest.fixture(scope="module")
+def public_run(train_set: Path, secret: Path, tmp_path_factory) -> Path:
+    """A one-epoch warm start on the (here declared public) training set: its generator.pt."""
+    out = tmp_path_factory.mktemp("public")
+    train_gan(train_set, out, replace(TINY, sigma=math.inf, public=True, epochs=1), secret)
+    return out / "generator.pt"
+
+
+def test_frozen_blocks_keep_the_warm_start_weights(
+    train_set: Path, secret: Path, public_run: Path, tmp_path: Path, caplog
+) -> None:
+    """private_blocks 2: blocks 1-4 get no gradient and end bit-identical to the warm start; 5 and 6 train."""
+    warm = load_warm_start(public_run)
+    params = replace(TINY, private_blocks=2, epochs=1)
+    trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"), KEY, warm)
+    named = dict(trainer.critic.named_parameters())
+    assert list(named) == [key for keys in BLOCK_KEYS for key in keys]
+    frozen, trained = [k for ks in BLOCK_KEYS[:4] for k in ks], [k for ks in BLOCK_KEYS[4:] for k in ks]
+    assert trainer.trained_parameters == LAST_TWO_BLOCKS
+    assert not any(named[k].requires_grad for k in frozen) and all(named[k].requires_grad for k in trained)
+    stored_opt = warm["optimizers"]["opt_d"]["state"]
+    for k in trained:  # the public run's RMSprop statistics continue for the trained parameters only
+        position = list(named).index(k)
+        torch.testing.assert_close(trainer.opt_d.state[named[k]]["square_avg"], stored_opt[position]["square_avg"])
+    assert set(map(id, trainer.opt_d.state)) == {id(named[k]) for k in trained}
+    trainer.critic_update_fresh()
+    assert all(named[k].grad is None for k in frozen) and all(named[k].grad is not None for k in trained)
+
+    caplog.set_level(logging.INFO, logger="dpmra.generators.train")
+    train_gan(train_set, tmp_path, params, secret, public_run)
+    assert f"trains {LAST_TWO_BLOCKS} of 27861 parameters, its last 2 of 6 blocks (blocks 1-4 frozen" in caplog.text
+    stored = checkpoint.load(tmp_path / "generator.pt")
+    for state in (stored["critic"], final_state(tmp_path)["critic"]):
+        assert all(torch.equal(state[k], warm["critic"][k]) for k in frozen)
+        assert not any(torch.equal(state[k], warm["critic"][k]) for k in trained)
+    assert stored["params"]["private_blocks"] == 2 and stored["trained_parameters"] == LAST_TWO_BLOCKS
+    card = frozen_public_blocks(stored)
+    assert card["blocks"] == [1, 2, 3, 4] and card["critic_blocks"] == 6
+    assert card["trained_parameters"] == LAST_TWO_BLOCKS
+    assert frozen_public_blocks(checkpoint.load(public_run)) is None
+
+
+def test_freezing_leaves_epsilon_unchanged(train_set: Path, public_run: Path) -> None:
+    """The same sigma, q and steps give the same epsilon, whatever the number of trained parameters."""
+    warm = load_warm_start(public_run)
+    rows = []
+    for private_blocks in (None, 1):
+        params = replace(TINY, private_blocks=private_blocks, epochs=1)
+        trainer = WganTrainer(load_training_set(train_set), params, torch.device("cpu"), KEY, warm)
+        rows.append(trainer.run_epoch())
+    assert rows[0]["critic_steps"] == rows[1]["critic_steps"] == 30
+    delta = trainer.delta
+    for name, accountant in (("epsilon_rdp", "rdp"), ("epsilon_prv", "prv")):
+        assert rows[0][name] == rows[1][name] == epsilon(TINY.sigma, 8 / N, 30, delta, accountant)
+
+
+def test_private_blocks_needs_a_warm_start_and_at_most_six(train_set: Path, public_run: Path) -> None:
+    data = load_training_set(train_set)
+    with pytest.raises(ValueError, match=r"gan\.private_blocks .*give --pretrained"):
+        WganTrainer(data, replace(TINY, private_blocks=1), torch.device("cpu"), KEY)
+    warm = load_warm_start(public_run)
+    with pytest.raises(ValueError, match=r"gan\.private_blocks \(--private-blocks\) is 7: the critic has 6 blocks"):
+        WganTrainer(data, replace(TINY, private_blocks=7), torch.device("cpu"), KEY, warm)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        replace(TINY, private_blocks=0)
+    with pytest.raises(ValueError, match="public run"):
+        replace(TINY, sigma=math.inf, public=True, private_blocks=2)
+
+
+def test_command_line_passes_private_blocks_except_to_the_warm_start(monkeypatch, tmp_path: Path) -> None:
+    """The workflow gives the warm start the shared options too: --public drops --private-blocks."""
+    seen = []
+    monkeypatch.setattr(train, "train_gan", lambda *args: seen.append(args[2]))
+    monkeypatch.setattr(cli, "set_torch_threads", lambda threads: None)
+    common = ["train-gan", "--train-set", "x.npz", "--seed", "0", "--out", str(tmp_path), "--private-blocks", "2"]
+    assert cli.main([*common, "--sigma", "1.5", "--pretrained", "public.pt"]) == 0
+    assert cli.main([*common, "--sigma", "inf", "--public"]) == 0
+    assert [params.private_blocks for params in seen] == [2, None]
+    assert seen[0].sigma == 1.5 and seen[1].public

@@ -34,16 +34,18 @@ def test_dry_run_default_config(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config/config.yaml"))
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
+    # 12 private-cohort patients, 3 public (the warm start), 6 public stand-ins for the placebos of epsilon 10 and 2
     assert counts == {
-        "phantom": 15, "prepare": 15, "patches": 15, "training_set": 1, "secret_key": 1, "public_set": 1,
-        "gan_pretrain": 1, "synth_public": 1, "gan": 4, "synth": 4, "quality": 4, "audit": 4, "dp_audit": 1,
-        "dp_audit_table": 1, "dp_audit_figure": 1, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
-        "unet": 6, "predict": 18, "score": 18, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
+        "phantom": 21, "prepare": 21, "patches": 21, "training_set": 1, "placebo_set": 1, "secret_key": 1,
+        "public_set": 1, "gan_pretrain": 1, "synth_public": 1, "gan": 6, "synth": 6, "quality": 4, "audit": 4,
+        "dp_audit": 1, "dp_audit_table": 1, "dp_audit_figure": 1, "ssim_real": 1, "tsne": 1, "quality_tables": 1,
+        "unet": 8, "predict": 24, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
         "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
         "fig7_segmentation": 1, "fig8_ssim": 1, "fig9_tsne": 1, "privacy_utility_figure": 1, "audit_figure": 1,
         "gan_curves_figure": 1, "table1_html": 1, "summary_html": 1, "quality_html": 1, "audit_html": 1,
     }
-    assert {"sigma~inf/seed~0", "sigma~0.6794/seed~0", "sigma~0.8954/seed~0", "sigma~1.47/seed~0"} <= {
+    assert {"sigma~inf/seed~0", "sigma~0.6794/seed~0", "sigma~0.8954/seed~0", "sigma~1.47/seed~0",
+            "placebo~0.6794/seed~0", "placebo~1.47/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
     }
     # audit.dp.runs: strongest audits the largest sigma (epsilon 2) only
@@ -235,7 +237,7 @@ def test_tiny_run_segmentation(tiny_run):
         np.testing.assert_array_equal(errors == 1, (segmentation == 1) & (label == 1))
         np.testing.assert_array_equal(nib.load(prediction / "segmentation_native.nii.gz").get_fdata(), segmentation)
     selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t")
-    sources = ["real", "sigma~inf/seed~0", "sigma~1/seed~0", "public"]
+    sources = ["real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", "public"]
     assert selection["source"].tolist() == sources and set(selection["setting"]) <= set(settings)
     for source in sources[1:]:
         assert len(pd.read_csv(tiny_run / f"metrics/{source}/{settings[0]}/external.tsv", sep="\t")) == 1
@@ -250,6 +252,27 @@ def test_tiny_run_segmentation(tiny_run):
     assert card["public_pretraining"]["training_set_size"] == 40 and card["public_pretraining"]["epochs"] == 1
     public = json.loads((tiny_run / "synth/public/privacy_card.json").read_text())
     assert "PUBLIC DATA ONLY" in public["guarantee"]["statement"] and public["epsilon"]["rdp"] == 0
+
+
+@pytest.mark.workflow
+def test_tiny_run_private_gain_is_private_minus_placebo(tiny_run):
+    """Table 1's private_gain and private_gain.tsv, recomputed from the per-patient metrics of the selected U-Nets."""
+    selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t").set_index("source")["setting"]
+    table1 = pd.read_csv(tiny_run / "tables/table1.tsv", sep="\t").set_index(["source", "split"])
+    gains = pd.read_csv(tiny_run / "tables/private_gain.tsv", sep="\t", dtype={"sigma": str}).set_index(["sigma", "split"])
+    for split in ("test", "external"):
+        dsc = {
+            source: pd.read_csv(tiny_run / f"metrics/{source}/{selection[source]}/{split}.tsv", sep="\t")["dsc"].mean()
+            for source in ("sigma~1/seed~0", "placebo~1/seed~0")
+        }
+        expected = dsc["sigma~1/seed~0"] - dsc["placebo~1/seed~0"]
+        assert table1.loc[("sigma~1/seed~0", split), "private_gain"] == pytest.approx(expected, abs=1e-6)
+        assert gains.loc[("1", split), "private_gain_mean"] == pytest.approx(expected, abs=1e-6)
+        assert gains.loc[("1", split), "seeds"] == 1 and np.isnan(gains.loc[("1", split), "private_gain_sd"])
+        assert np.isnan(table1.loc[("sigma~inf/seed~0", split), "private_gain"]), "no placebo for inf in test.yaml"
+    placebo = json.loads((tiny_run / "synth/placebo~1/seed~0/privacy_card.json").read_text())
+    private = json.loads((tiny_run / "synth/sigma~1/seed~0/privacy_card.json").read_text())
+    assert placebo["epsilon"] == private["epsilon"], "same recipe, sigma, seed and number of pairs: same accounting"
 
 
 @pytest.mark.workflow
@@ -284,7 +307,8 @@ def test_tiny_run_release_bundles_hold_no_private_data(tiny_run):
     result = snakemake(tiny_run.parent, "release", *config)
     assert result.returncode == 0, result.stdout[-3000:]
     patients = sorted(p.stem for p in (tiny_run / "patches").glob("*.npz") if not p.stem.endswith("_set"))
-    assert len(patients) == 7  # 6 of the cohort and the public one
+    assert len(patients) == 10  # 6 of the cohort, the public one and the placebo's 3 stand-ins
+    assert not list((tiny_run / "release").glob("placebo*")), "a placebo is a control, never released"
     patches = [np.load(tiny_run / f"patches/{p}.npz")["image"] for p in patients]
     secret = (tiny_run / "private" / "secret.key").read_bytes()
     sources = ["sigma~inf/seed~0", "sigma~1/seed~0"]

@@ -39,9 +39,13 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     """Write one phantom subject."""
     from dpmra.data.phantom import make_subject, write_subject
 
-    subject = make_subject(args.site, args.seed, tuple(args.shape) if args.shape else None)
+    subject = make_subject(args.site, args.seed, tuple(args.shape) if args.shape else None, args.scalp)
     paths = write_subject(subject, args.out)
-    log.info("phantom site %s seed %d -> %s", args.site, args.seed, ", ".join(str(p) for p in paths.values()))
+    scalp = "with" if subject.scalp.any() else "without"
+    log.info(
+        "phantom site %s seed %d, %s scalp -> %s",
+        args.site, args.seed, scalp, ", ".join(str(p) for p in paths.values()),
+    )
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -123,7 +127,12 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
 
     set_torch_threads(args.threads)
     delta = args.delta if args.delta in (None, PAPER_DELTA) else float(args.delta)
-    params = params_from(GanParams, args, width_g=args.width, width_d=args.width, delta=delta)
+    if args.public and args.private_blocks is not None:
+        log.info("--private-blocks ignored: the public warm start trains every critic block")
+    private_blocks = None if args.public else args.private_blocks
+    params = params_from(
+        GanParams, args, width_g=args.width, width_d=args.width, delta=delta, private_blocks=private_blocks
+    )
     train_gan(args.train_set, args.out, params, args.secret, args.pretrained)
 
 
@@ -407,9 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("phantom", help="write one synthetic TOF-MRA subject (image, label, brain mask, MIP)")
-    p.add_argument("--site", required=True, help="A (internal) or B (external)")
+    p.add_argument("--site", required=True, help="A (internal), B (external) or C (public)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the site's matrix size")
+    p.add_argument(
+        "--scalp",
+        action=argparse.BooleanOptionalAction,
+        help="render a dark skull ring and bright subcutaneous fat around the brain, or not (default: the site's "
+        "look: B with, A and C without)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=cmd_phantom)
 
@@ -499,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="declare the training set public (a warm start's): no noise, nothing charged, epsilon 0",
     )
     p.add_argument("--pretrained", type=Path, help="generator.pt of a --public run to start from (warm start)")
+    p.add_argument(
+        "--private-blocks", type=int,
+        help="train only the critic's last N of 6 blocks (with --pretrained; the others keep the warm start's public "
+        "weights); default: every block. Ignored with --public, which trains every block",
+    )
     p.add_argument(
         "--secret", type=Path, default=SECRET,
         help="key file seeding the DP sampling and noise; created on first use (keep it private)",

@@ -9,6 +9,7 @@ from dpmra.shared.environment import path_with_dpmra, require_dpmra
 from dpmra.privacy.plan import (
     gan_sigmas,
     parse_sigma,
+    placebo_sigmas,
     sampling,
     sigma_label,
     unet_settings,
@@ -27,27 +28,46 @@ if config["quality"]["backbone"] == "inception-v3":
     require_backbone(config["quality"]["backbone"], config["quality"]["weights"])
 
 
-def load_patients() -> pd.DataFrame:
-    """The cohort: phantom patients from the config, or the validated manifest plus the phantom's public cohort.
+def public_cohorts(n_train: int) -> dict[str, dict | None]:
+    """The phantom's public cohorts this config renders: the warm start's, and the placebo's stand-in (as many
+    patients as the train split, so the placebo trains on as many pairs)."""
+    data, gan = config["data"], config["gan"]
+    phantom = data.get("phantom") or {}
+    warm = data["source"] == "phantom" or gan["pretrain"]["set"] == "phantom"
+    cohorts = {"public": phantom.get("public") if warm else None, "placebo": None}
+    if gan["placebo"]:
+        if not phantom.get("placebo"):
+            raise ValueError(
+                "gan.placebo asks for placebo runs but data.phantom.placebo is null: set it to a public site "
+                "no split uses (e.g. {site: C}), or gan.placebo to []"
+            )
+        cohorts["placebo"] = {"site": phantom["placebo"]["site"], "patients": n_train}
+    return cohorts
 
-    The phantom's public cohort (synthetic, public by construction) feeds the default warm start
-    (gan.pretrain.set phantom) whatever data.source is, so a manifest runs on the defaults.
+
+def load_patients() -> pd.DataFrame:
+    """The cohort: phantom patients from the config, or the validated manifest, plus the phantom's public cohorts.
+
+    The public cohorts (synthetic, public by construction) feed the default warm start (gan.pretrain.set phantom)
+    and the placebo runs (gan.placebo) whatever data.source is, so a manifest runs on the defaults.
     """
     data = config["data"]
-    phantom = data["phantom"]
+    phantom = data.get("phantom") or {}
     if data["source"] == "phantom":
-        return phantom_table(phantom["splits"], phantom["seed"], phantom["public"])
+        n_train = phantom["splits"]["train"]["patients"]
+        return phantom_table(phantom["splits"], phantom["seed"], **public_cohorts(n_train))
     table = read_manifest(data["manifest"])
     validate(table, schema="../schemas/samples.schema.yaml")
     table = check_manifest(table, data["manifest"])
-    if config["gan"]["pretrain"]["set"] != "phantom" or not phantom["public"]:
+    public = phantom_table({}, phantom.get("seed", 0), **public_cohorts(int((table["split"] == "train").sum())))
+    if public.empty:
         return table
-    public = phantom_table({}, phantom["seed"], phantom["public"])
     clash = sorted(set(public.index) & set(table.index))
     if clash:
         raise ValueError(
-            f"{data['manifest']}: patient id(s) {', '.join(clash)} are the phantom's public cohort's "
-            "(data.phantom.public, the default warm start); rename them, or set gan.pretrain.set: null"
+            f"{data['manifest']}: patient id(s) {', '.join(clash)} are the phantom's public cohorts' "
+            "(data.phantom.public, data.phantom.placebo); rename them, or set gan.pretrain.set: null and "
+            "gan.placebo: []"
         )
     return pd.concat([table, public])
 
@@ -69,6 +89,9 @@ SIGMAS = gan_sigmas(GAN, SAMPLING)
 SYNTH = config["synth"]
 N_SYNTH = SYNTH["n"] or N_TRAIN
 GAN_SOURCES = expand("sigma~{sigma}/seed~{seed}", sigma=SIGMAS, seed=GAN["seeds"])
+# A placebo run: a private run's recipe, sigma, seed and number of pairs on the public stand-in cohort.
+PLACEBO_SIGMAS = placebo_sigmas(GAN, SAMPLING)
+PLACEBO_SOURCES = expand("placebo~{sigma}/seed~{seed}", sigma=PLACEBO_SIGMAS, seed=GAN["seeds"])
 QUALITY = config["quality"]
 AUDIT = config["audit"]
 # Frechet distances to held-out patients use the test split (the paper's), else validation.
@@ -100,8 +123,9 @@ def public_first(wildcards) -> int:
     return PRIORITY["warm_start"] if wildcards.patient in patients_in("public") else 0
 
 
-# U-Net training sources: the real train patches, every released synthetic dataset, and the warm start alone.
-UNET_SOURCES = ["real", *GAN_SOURCES, *(["public"] if WARM_START else [])]
+# U-Net training sources: the real train patches, every released synthetic dataset, the placebos, and the warm
+# start alone.
+UNET_SOURCES = ["real", *GAN_SOURCES, *PLACEBO_SOURCES, *(["public"] if WARM_START else [])]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
 # A prepared patient as an input: `dpmra prepare` writes volume.json last, after the image, label and
 # brain mask next to it, so it stands for all four. One file per patient instead of four keeps the
@@ -113,14 +137,15 @@ wildcard_constraints:
     patient="|".join(patients.index),
     sigma=r"inf|[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
-    source=r"real|public|sigma~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
+    kind=r"sigma|placebo",
+    source=r"real|public|(sigma|placebo)~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
     setting=r"lr-[^/]+_dropout-[^/]+_augment-(on|off)",
     split="|".join(EVAL_SPLITS),
 
 
 def from_phantom(patient: str) -> bool:
-    """Whether a patient is rendered by the phantom: every one with data.source phantom, else the public cohort."""
-    return config["data"]["source"] == "phantom" or patients.loc[patient, "split"] == "public"
+    """Whether a patient is rendered by the phantom: every one with data.source phantom, else the public cohorts."""
+    return config["data"]["source"] == "phantom" or patients.loc[patient, "split"] in ("public", "placebo")
 
 
 def raw_volumes(wildcards) -> dict[str, str]:
@@ -164,9 +189,24 @@ def gan_options(epochs: int, unit: str) -> str:
     return options
 
 
+def private_blocks_option() -> str:
+    """`--private-blocks N` of the runs after the warm start (never the warm start's own, which trains every block
+    and would otherwise rerun when the key changes)."""
+    if not GAN["private_blocks"]:
+        return ""
+    if not WARM_START:
+        raise ValueError(
+            "gan.private_blocks keeps critic blocks at the warm start's public weights: set gan.pretrain.set, "
+            "or gan.private_blocks: null"
+        )
+    return f"--private-blocks {GAN['private_blocks']}"
+
+
 def gan_inputs(wildcards) -> dict[str, str]:
-    """A GAN run's training set and key, and the public run it warm-starts from where the config has one."""
-    inputs = {"train_set": "results/patches/train_set.npz", "secret": PRIVACY["secret"]}
+    """A GAN run's training set (the private one, or the public stand-in of a placebo run) and key, and the public
+    run it warm-starts from where the config has one."""
+    cohort = "placebo" if wildcards.get("kind") == "placebo" else "train"
+    inputs = {"train_set": f"results/patches/{cohort}_set.npz", "secret": PRIVACY["secret"]}
     if WARM_START:
         inputs["warm_start"] = WARM_START
     return inputs
@@ -322,8 +362,8 @@ def dp_audit_targets() -> list[str]:
 
 # Folder arguments. A command that takes a folder (--data results/data, --metrics results/metrics) reads files
 # its job declares as inputs; the folder is read off those inputs, so each path is spelt once, in the input.
-# A training source as components of a path: real, public, or sigma~S/seed~N ([/]: a slash, not a root).
-SOURCE_IN_PATH = re.compile(r"[/](?:real|public|sigma~[^/]+/seed~[0-9]+)(?=/|$)")
+# A training source as components of a path: real, public, sigma~S/seed~N or placebo~S/seed~N ([/]: a slash).
+SOURCE_IN_PATH = re.compile(r"[/](?:real|public|(?:sigma|placebo)~[^/]+/seed~[0-9]+)(?=/|$)")
 
 
 def one_folder(folders: set[str], paths: list[str]) -> str:
@@ -348,7 +388,7 @@ def folder_of(paths: list[str], levels: int) -> str:
 def source_folder(paths: list[str]) -> str:
     """The folder holding one subfolder per training source that every one of `paths` lies in:
     results/predictions for results/predictions/{source}/{setting}/{split}, results/gan for
-    results/gan/{source}/epochs.tsv (a source is real, public, or sigma~S/seed~N)."""
+    results/gan/{source}/epochs.tsv (a source is real, public, sigma~S/seed~N or placebo~S/seed~N)."""
     folders = set()
     for path in paths:
         found = SOURCE_IN_PATH.search(path)

@@ -43,6 +43,12 @@ rule tables:
             category="Contains patient data",
             subcategory="Segmentation: tables",
         ),
+        private_gain=report(
+            "results/tables/private_gain.tsv",
+            caption="../report/private_gain.rst",
+            category="Contains patient data",
+            subcategory="Segmentation: tables",
+        ),
     log:
         "results/logs/tables.log",
     conda:

@@ -13,33 +13,33 @@ rule gan:
     input:
         unpack(gan_inputs),
     output:
-        generator="results/gan/sigma~{sigma}/seed~{seed}/generator.pt",
-        epochs="results/gan/sigma~{sigma}/seed~{seed}/epochs.tsv",
+        generator="results/gan/{kind}~{sigma}/seed~{seed}/generator.pt",
+        epochs="results/gan/{kind}~{sigma}/seed~{seed}/epochs.tsv",
         loss=report(
-            "results/gan/sigma~{sigma}/seed~{seed}/loss.png",
+            "results/gan/{kind}~{sigma}/seed~{seed}/loss.png",
             caption="../report/gan_loss.rst",
             category="Contains patient data",
             subcategory="GAN: training curves",
-            labels={"sigma": "{sigma}", "seed": "{seed}", "figure": "losses"},
+            labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}", "figure": "losses"},
         ),
         epsilon=report(
-            "results/gan/sigma~{sigma}/seed~{seed}/epsilon.png",
+            "results/gan/{kind}~{sigma}/seed~{seed}/epsilon.png",
             caption="../report/gan_epsilon.rst",
             category="GAN",
             subcategory="Training curves",
-            labels={"sigma": "{sigma}", "seed": "{seed}", "figure": "epsilon"},
+            labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}", "figure": "epsilon"},
         ),
         samples=report(
-            "results/gan/sigma~{sigma}/seed~{seed}/samples.png",
+            "results/gan/{kind}~{sigma}/seed~{seed}/samples.png",
             caption="../report/gan_samples.rst",
             category="GAN",
             subcategory="Samples",
-            labels={"sigma": "{sigma}", "seed": "{seed}"},
+            labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}"},
         ),
     log:
-        "results/logs/gan/sigma~{sigma}/seed~{seed}.log",
+        "results/logs/gan/{kind}~{sigma}/seed~{seed}.log",
     benchmark:
-        "results/benchmarks/gan/sigma~{sigma}/seed~{seed}.tsv"
+        "results/benchmarks/gan/{kind}~{sigma}/seed~{seed}.tsv"
     priority: PRIORITY["gan"]
     conda:
         "../../envs/torch.yaml"
@@ -49,7 +49,7 @@ rule gan:
         runtime=2880,
         gpu=1,
     params:
-        options=gan_options(GAN["epochs"], PRIVACY["unit"]),
+        options=f"{gan_options(GAN['epochs'], PRIVACY['unit'])} {private_blocks_option()}".strip(),
         warm_start=lambda wildcards, input: (
             f"--pretrained {input.warm_start}" if "warm_start" in input.keys() else ""
         ),

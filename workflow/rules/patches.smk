@@ -50,3 +50,24 @@ rule training_set:
     shell:
         "dpmra training-set {input} --intensity {params.intensity} --out {output.train_set} "
         "--gallery {output.gallery} > {log} 2>&1"
+
+
+# The placebo's training set (gan.placebo): the public stand-in cohort's patches, as many pairs as train_set.npz.
+rule placebo_set:
+    input:
+        expand("results/patches/{patient}.npz", patient=patients_in("placebo")),
+    output:
+        train_set="results/patches/placebo_set.npz",
+        gallery="results/patches/placebo_gallery.png",
+    log:
+        "results/logs/placebo_set.log",
+    conda:
+        "../../envs/base.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=15,
+    params:
+        intensity=GAN["intensity"],
+    shell:
+        "dpmra training-set {input} --intensity {params.intensity} --out {output.train_set} "
+        "--gallery {output.gallery} > {log} 2>&1"

@@ -51,15 +51,21 @@ def check_manifest(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return table.set_index("patient", drop=False)
 
 
-def phantom_table(splits: dict[str, dict], base_seed: int, public: dict | None = None) -> pd.DataFrame:
-    """The phantom cohort: patients {site}{index:03d}, numbered per site across splits, seed = base_seed + index.
+def phantom_table(
+    splits: dict[str, dict], base_seed: int, public: dict | None = None, placebo: dict | None = None
+) -> pd.DataFrame:
+    """The phantom cohort: patients {site}{index:03d}, numbered per site across cohorts, seed = base_seed + index.
 
-    ``public``: a cohort of split "public" for the GAN warm start, from a site no split uses.
+    ``public``: a cohort of split "public" for the GAN warm start; ``placebo``: a cohort of split "placebo", the
+    public stand-in for the private training set (numbered after the public cohort, so no patient is in both).
+    Both come from a site no split uses.
     """
-    if public and public["site"] in {spec["site"] for spec in splits.values() if spec}:
-        raise ValueError(f"data.phantom.public: site {public['site']} is also a split's site; use another site")
+    split_sites = {spec["site"] for spec in splits.values() if spec}
+    for key, spec in (("public", public), ("placebo", placebo)):
+        if spec and spec["site"] in split_sites:
+            raise ValueError(f"data.phantom.{key}: site {spec['site']} is also a split's site; use another site")
     rows, counters = [], {}
-    cohorts = {split: splits.get(split) for split in SPLITS} | {"public": public}
+    cohorts = {split: splits.get(split) for split in SPLITS} | {"public": public, "placebo": placebo}
     for split, spec in cohorts.items():
         if not spec:
             continue
@@ -68,4 +74,4 @@ def phantom_table(splits: dict[str, dict], base_seed: int, public: dict | None =
             index = counters.get(site, 0)
             counters[site] = index + 1
             rows.append({"patient": f"{site}{index:03d}", "site": site, "split": split, "seed": base_seed + index})
-    return pd.DataFrame(rows).set_index("patient", drop=False)
+    return pd.DataFrame(rows, columns=["patient", "site", "split", "seed"]).set_index("patient", drop=False)

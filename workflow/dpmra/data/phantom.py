@@ -98,6 +98,8 @@ MIN_BRAIN_SHRINK = 0.5  # a grid too small to fit a scalp around a brain this mu
 SKULL_SIGNAL = 0.05  # skull signal relative to brain_intensity
 FAT_SIGNAL = 1.5  # fat signal relative to brain_intensity: short T1, brighter than brain in TOF-MRA
 SKULL, FAT = 1, 2  # values of Subject.scalp
+SLOW_FLOW_RADII_MM = (0.3, 1.0)  # slow flow: a branch this thin or thinner keeps Site.slow_flow_signal of its
+# contrast, this thick or thicker all of it, linear in between
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Site:
     noise_sigma: float  # std of each Gaussian channel of the Rician noise
     bias_strength: float  # std of the log bias field
     scalp: bool = False  # default look: a dark skull ring and bright subcutaneous fat around a smaller brain
+    slow_flow_signal: float = 1.0  # contrast kept by the thinnest branches (1: none lost); see SLOW_FLOW_RADII_MM
 
 
 SITES: dict[str, Site] = {
@@ -123,6 +126,7 @@ SITES: dict[str, Site] = {
         vessel_contrast=3.0,
         noise_sigma=5.0,
         bias_strength=0.10,
+        slow_flow_signal=0.45,
     ),
     "B": Site(
         name="B",
@@ -133,6 +137,7 @@ SITES: dict[str, Site] = {
         noise_sigma=12.0,
         bias_strength=0.18,
         scalp=True,
+        slow_flow_signal=0.45,
     ),
     # A public cohort for warm starts: another scanner (coarser in-plane, thicker slices, darker tissue, brighter
     # vessels), so that pretraining on it is not training on the private sites' domain.
@@ -458,9 +463,20 @@ def _bounding_slices(
     return tuple(slices)
 
 
-def _render_vessels(segments: np.ndarray, geom: _Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Partial-volume vessel fraction (float32) and exact label (bool), each segment only in its bounding box."""
+def slow_flow(radius: np.ndarray | float, kept: float, scale: float = 1.0) -> np.ndarray:
+    """Fraction of a vessel's contrast its flow keeps at this radius: `kept` for the thinnest branches, 1 for thick
+    (SLOW_FLOW_RADII_MM at anatomy scale 1, scaled with the tree)."""
+    low, high = (r * scale for r in SLOW_FLOW_RADII_MM)
+    return kept + (1.0 - kept) * np.clip((np.asarray(radius) - low) / (high - low), 0.0, 1.0)
+
+
+def _render_vessels(
+    segments: np.ndarray, geom: _Geometry, kept: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Partial-volume vessel fraction, the same weighted by each segment's slow-flow signal (float32), and the exact
+    label (bool), each segment only in its bounding box."""
     fraction = np.zeros(geom.shape, dtype=np.float32)
+    bright = np.zeros(geom.shape, dtype=np.float32)
     label = np.zeros(geom.shape, dtype=bool)
     coordinates = [geom.axis_coordinates(i) for i in range(3)]
     voxel_radius = geom.voxel_width / math.sqrt(math.pi)
@@ -476,8 +492,10 @@ def _render_vessels(segments: np.ndarray, geom: _Geometry) -> tuple[np.ndarray, 
         if radius < geom.half_diagonal:
             inside |= _segment_crosses_voxels(axes, geom.spacing, p0, p1)
         label[box] |= inside
-        np.maximum(fraction[box], _disc_overlap_fraction(distance, radius, voxel_radius), out=fraction[box])
-    return fraction, label
+        overlap = _disc_overlap_fraction(distance, radius, voxel_radius)
+        np.maximum(fraction[box], overlap, out=fraction[box])
+        np.maximum(bright[box], overlap * np.float32(slow_flow(radius, kept, geom.scale)), out=bright[box])
+    return fraction, bright, label
 
 
 def _coarse_shape(geom: _Geometry, grid_mm: float) -> tuple[int, int, int]:
@@ -560,14 +578,20 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
 
 
 def make_subject(
-    site: str, seed: int, shape: tuple[int, int, int] | None = None, scalp: bool | None = None
+    site: str,
+    seed: int,
+    shape: tuple[int, int, int] | None = None,
+    scalp: bool | None = None,
+    slow_flow_signal: float | None = None,
 ) -> Subject:
-    """Generate one deterministic phantom subject; shape overrides the site's grid, scalp its default look."""
+    """Generate one deterministic phantom subject; shape overrides the site's grid, scalp and slow_flow_signal its
+    default look (slow_flow_signal 1: every branch keeps its full contrast, as before slow flow existed)."""
     site_params = _get_site(site)
     geom = _geometry(site_params, shape, _use_scalp(site_params, scalp))
     streams = _streams(site, seed)
     segments = _grow_tree(geom, streams["tree"])
-    fraction, label = _render_vessels(segments, geom)
+    kept = site_params.slow_flow_signal if slow_flow_signal is None else slow_flow_signal
+    fraction, bright, label = _render_vessels(segments, geom, kept)
     level = _brain_level(geom, streams["boundary"])
     brain_mask = level <= 0.0
     # Soft tissue edge over about one voxel; the ellipsoidal level is converted to mm.
@@ -575,7 +599,7 @@ def make_subject(
     tissue = _tissue(geom, site_params, streams["texture"])
     bias = _bias_field(geom, site_params, streams["bias"])
     vessel = np.float32(site_params.brain_intensity * site_params.vessel_contrast)
-    signal = edge * tissue * (1.0 - fraction) + vessel * fraction
+    signal = edge * tissue * (1.0 - fraction) + vessel * bright
     layers = np.zeros(geom.shape, dtype=np.uint8)
     if geom.has_scalp:
         scalp_signal, layers = _scalp(brain_mask, geom, site_params, streams["scalp"])

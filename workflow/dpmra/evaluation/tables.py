@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 TABLE1_SPLITS = ("test", "external")
 SOURCE = re.compile(r"sigma~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
+PLACEBO = "placebo~"
+"""A placebo source is its private run's name with this prefix instead of `sigma~`: placebo~S/seed~N."""
 PRIVACY_COLUMNS = [
     "source",
     "sigma",
@@ -93,7 +95,12 @@ def final_epsilon(epochs_tsv: Path) -> float:
     return float(pd.read_csv(epochs_tsv, sep="\t")["epsilon_rdp"].iloc[-1])
 
 
-TABLE1_COLUMNS = ["source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf"]
+TABLE1_COLUMNS = [
+    "source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf", "private_gain"
+]
+GAIN_COLUMNS = [
+    "sigma", "split", "epsilon", "seeds", "private_dsc_mean", "placebo_dsc_mean", "private_gain_mean", "private_gain_sd"
+]
 
 
 def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, float]) -> pd.DataFrame:
@@ -119,20 +126,60 @@ def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, f
                     "bahd_n_inf": part.loc["bahd_mm", "n_inf"],
                 }
             )
-    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+    return with_private_gain(pd.DataFrame(rows, columns=TABLE1_COLUMNS))
+
+
+def placebo_of(source: str) -> str | None:
+    """The placebo source of a private run `sigma~S/seed~N` (placebo~S/seed~N); None for other sources."""
+    return PLACEBO + source[len("sigma~"):] if SOURCE.fullmatch(source) else None
+
+
+def with_private_gain(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 with private_gain = DSC(private run) - DSC(its placebo: same sigma, seed, split) where one exists."""
+    placebo = table.set_index(["source", "split"])["dsc_mean"]
+    gains = [
+        table_row.dsc_mean - placebo.get((placebo_of(table_row.source), table_row.split), math.nan)
+        if placebo_of(table_row.source)
+        else math.nan
+        for table_row in table.itertuples()
+    ]
+    return table.assign(private_gain=gains)
+
+
+def private_gain(table: pd.DataFrame) -> pd.DataFrame:
+    """Per sigma and split: mean DSC of the private runs and their placebos, and the gain's mean and SD over seeds."""
+    paired = table.dropna(subset=["private_gain"]).copy()
+    paired["sigma"] = [SOURCE.fullmatch(s)["sigma"] for s in paired["source"]]
+    paired["placebo_dsc"] = paired["dsc_mean"] - paired["private_gain"]
+    rows = [
+        {
+            "sigma": sigma,
+            "split": split,
+            "epsilon": runs["epsilon"].mean(),
+            "seeds": len(runs),
+            "private_dsc_mean": runs["dsc_mean"].mean(),
+            "placebo_dsc_mean": runs["placebo_dsc"].mean(),
+            "private_gain_mean": runs["private_gain"].mean(),
+            "private_gain_sd": runs["private_gain"].std(ddof=1),
+        }
+        for (sigma, split), runs in paired.groupby(["sigma", "split"], sort=False)
+    ]
+    return pd.DataFrame(rows, columns=GAIN_COLUMNS).sort_values(["split", "epsilon"], ascending=[True, False])
 
 
 def write_tables(
     metrics_root: Path, gan_root: Path, sources: list[str], settings: list[str], splits: list[str], out_dir: Path
 ) -> None:
-    """selection.tsv, summary.tsv and table1.tsv from the per-patient metric tables."""
+    """selection.tsv, summary.tsv, table1.tsv and private_gain.tsv from the per-patient metric tables."""
     out_dir = Path(out_dir)
     selection = select_settings(metrics_root, sources, settings)
     summary = summarise(metrics_root, sources, settings, splits)
     epsilons = {s: final_epsilon(Path(gan_root) / s / "epochs.tsv") for s in sources if s != "real"}
     write_tsv(selection, out_dir / "selection.tsv")
     write_tsv(summary, out_dir / "summary.tsv")
-    write_tsv(table1(summary, selection, epsilons), out_dir / "table1.tsv")
+    table = table1(summary, selection, epsilons)
+    write_tsv(table, out_dir / "table1.tsv")
+    write_tsv(private_gain(table), out_dir / "private_gain.tsv")
 
 
 # --- privacy.tsv: every GAN run's accounting ---------------------------------------------------------------

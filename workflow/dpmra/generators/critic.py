@@ -9,6 +9,9 @@ channel leaves a saturated critic that stops training the generator, so those co
 a bias instead. The score is the mean of the final map. No BatchNorm: DP-SGD needs
 per-sample gradients, and BatchNorm mixes samples. Activations are not in place, so the
 DP engine can read each layer's output gradient.
+
+A block is one strided convolution with the InstanceNorm and LeakyReLU after it; the sixth (the head, to one
+channel) is the last block. A warm-started private run may train only the last blocks (`train_last_blocks`).
 """
 
 from __future__ import annotations
@@ -73,5 +76,36 @@ class Critic(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def blocks(self) -> list[list[nn.Module]]:
+        """The layers of each block in forward order: a strided convolution and the norm and activation after it."""
+        blocks: list[list[nn.Module]] = []
+        for layer in self.net:
+            if isinstance(layer, nn.Conv2d):
+                blocks.append([])
+            blocks[-1].append(layer)
+        return blocks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).mean(dim=(1, 2, 3))
+
+
+def train_last_blocks(critic: Critic, count: int | None, warm_started: bool = True) -> list[nn.Parameter]:
+    """Freeze all but the critic's last `count` blocks (None: none frozen); return the parameters left to train.
+
+    Frozen parameters get requires_grad False, so neither the DP engine nor the optimiser sees them: they keep
+    the warm start's public weights and the noise covers only the trained dimension. Without a warm start the
+    frozen weights would be a random initialisation nobody chose as public, so freezing is refused.
+    """
+    if count is not None and not warm_started:
+        raise ValueError(
+            "gan.private_blocks (--private-blocks) keeps the critic's first blocks at their starting weights, which "
+            "are public only when they come from the public warm start: give --pretrained (gan.pretrain)"
+        )
+    blocks = critic.blocks()
+    if count is not None and not 1 <= count <= len(blocks):
+        raise ValueError(f"gan.private_blocks (--private-blocks) is {count}: the critic has {len(blocks)} blocks")
+    frozen = blocks[: len(blocks) - count] if count is not None else []
+    for block in frozen:
+        for layer in block:
+            layer.requires_grad_(False)
+    return [p for p in critic.parameters() if p.requires_grad]

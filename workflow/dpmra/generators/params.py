@@ -53,6 +53,9 @@ class GanParams:
     """Pairs taken from each sampled patient per critic update (unit patient)."""
     public: bool = False
     """The training set is declared public (a warm start's): no private data, so epsilon 0 and no noise."""
+    private_blocks: int | None = None
+    """The critic's last blocks trained in a warm-started run; the others keep the warm start's public weights.
+    None trains every block."""
     sample_every: int = 1
     """Write a sample grid every this many epochs (and after the last)."""
 
@@ -69,6 +72,13 @@ class GanParams:
             raise ValueError(f"unit must be 'patch' or 'patient', got {self.unit!r}")
         if self.public and math.isfinite(self.sigma):
             raise ValueError("a public training set needs no noise: train it with sigma = inf")
+        if self.private_blocks is not None and self.private_blocks < 1:
+            raise ValueError(f"private_blocks must be >= 1 (None: every critic block), got {self.private_blocks}")
+        if self.public and self.private_blocks is not None:
+            raise ValueError(
+                "a public run (the warm start) trains every critic block: private_blocks is for the runs "
+                "warm-started from it"
+            )
         if self.unit == "patient" and self.mode != "fresh":
             raise ValueError("the patient unit is implemented for the fresh loop only")
         if not (self.patient_batch > 0 and self.patient_patches >= 1):

@@ -111,6 +111,8 @@ def write_generator(trainer: WganTrainer, path: Path) -> None:
             "max_patches_per_patient": trainer.max_per_patient,
             "patches_per_unit_step": trainer.group_size,
             "critic": {k: v.cpu() for k, v in trainer.critic.state_dict().items()},
+            "critic_blocks": len(trainer.critic.blocks()),
+            "trained_parameters": trainer.trained_parameters,
             "pretrained": trainer.pretrained,
             "params": asdict(trainer.params),
             **_public_optimizers(trainer),
@@ -128,6 +130,18 @@ def _public_optimizers(trainer: WganTrainer) -> dict:
 
 
 # --- the stage ---------------------------------------------------------------------
+
+
+def log_trained_blocks(trainer: WganTrainer) -> None:
+    """Say which critic blocks this run trains and how many parameters the DP noise spans."""
+    blocks = len(trainer.critic.blocks())
+    frozen = blocks - (trainer.params.private_blocks or blocks)
+    total = sum(p.numel() for p in trainer.critic.parameters())
+    logger.info(
+        "critic: trains %d of %d parameters, its last %d of %d blocks (%s)",
+        trainer.trained_parameters, total, blocks - frozen, blocks,
+        f"blocks 1-{frozen} frozen at the public warm start" if frozen else "none frozen",
+    )
 
 
 def resume(trainer: WganTrainer, ckpt_dir: Path, device: torch.device) -> None:
@@ -164,6 +178,7 @@ def train_gan(
     warm = load_warm_start(pretrained) if pretrained else None
     trainer = WganTrainer(load_training_set(train_set), params, device, load_key(secret), warm)
     resume(trainer, ckpt_dir, device)
+    log_trained_blocks(trainer)
     paper = params.mode == "paper"
     write_epochs_table(trainer.rows, out_dir / "epochs.tsv", paper)
     epochs = tqdm(

@@ -1,7 +1,8 @@
 """The public warm start (`gan.pretrain`): a `--public` run's generator.pt, checked, and loaded into a new run.
 
 Only a run declared public may warm-start others; the private run takes its generator and critic weights and,
-for the same optimiser, its optimiser statistics (public too). What was public goes on the privacy card.
+for the same optimiser, its optimiser statistics (public too) of the parameters it trains. What was public goes on
+the privacy card.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dpmra.generators.critic import Critic
 from dpmra.generators.generator import Generator
@@ -40,16 +42,29 @@ def warm_start(generator: Generator, critic: Critic, pretrained: dict | None) ->
     }
 
 
-def warm_optimizers(optimizers: dict[str, torch.optim.Optimizer], pretrained: dict, kind: str) -> None:
-    """Continue the public run's optimiser statistics (same optimiser only), keeping this run's learning rates.
+def warm_optimizers(
+    optimizers: dict[str, tuple[torch.optim.Optimizer, nn.Module]], pretrained: dict, kind: str
+) -> None:
+    """Continue the public run's optimiser statistics (same optimiser only) for the parameters each optimiser trains.
 
     A fresh RMSprop divides the first gradients by sqrt(0.01 g^2), a step of 10 lr on every weight,
-    which undoes a warm start within a few updates; the public run's statistics are public.
+    which undoes a warm start within a few updates; the public run's statistics are public. This run's learning
+    rates are kept; frozen parameters (`gan.private_blocks`) are in no optimiser and take no statistics.
     """
     if pretrained.get("params", {}).get("optimizer") != kind or "optimizers" not in pretrained:
         return
-    for name, optimizer in optimizers.items():
+    for name, (optimizer, module) in optimizers.items():
         lrs = [group["lr"] for group in optimizer.param_groups]
-        optimizer.load_state_dict(pretrained["optimizers"][name])
+        trained = [i for i, p in enumerate(module.parameters()) if p.requires_grad]
+        optimizer.load_state_dict(trained_state(pretrained["optimizers"][name], trained))
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr
+
+
+def trained_state(state: dict, positions: list[int]) -> dict:
+    """A one-group optimiser state over all of a module's parameters, cut to those at `positions` and renumbered."""
+    (group,) = state["param_groups"]
+    return {
+        "state": {new: state["state"][old] for new, old in enumerate(positions) if old in state["state"]},
+        "param_groups": [{**group, "params": list(range(len(positions)))}],
+    }

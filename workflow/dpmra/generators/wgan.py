@@ -22,6 +22,9 @@ Privacy unit (``unit``): ``patch`` (the paper's) treats each training pair as a 
 takes ``patient_patches`` of each sampled patient's pairs, and clips the sum of that
 patient's per-pair gradients to C as one unit, so one patient moves an update by at most C.
 
+``private_blocks`` (after a public warm start only): the critic's first blocks stay at the warm start's public
+weights (no gradient, clipping share, noise or optimiser state); the noise spans only the trained dimension.
+
 The diagnostics in ``epochs.tsv`` (losses, Wasserstein estimate) are computed on private
 batches outside the DP mechanism: they are for the operator, not for release. The
 generator and its samples are covered by the reported epsilon (post-processing).
@@ -43,14 +46,14 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dpmra.generators.critic import Critic
+from dpmra.generators.critic import Critic, train_last_blocks
 from dpmra.generators.generator import Generator
 from dpmra.generators.interface import TrainingData
 from dpmra.generators.params import GanParams
@@ -94,8 +97,10 @@ def _public_seeds(seed: int) -> dict[str, int]:
 
 def run_name(params: GanParams) -> str:
     """The run's identity for the keyed streams: every setting that shapes training, but not its length (more
-    epochs continue a run) or plotting."""
+    epochs continue a run) or plotting; private_blocks only where set, so runs that train every block keep theirs."""
     settings = {k: v for k, v in asdict(params).items() if k not in ("epochs", "sample_every")}
+    if params.private_blocks is None:
+        del settings["private_blocks"]
     return "gan:" + json.dumps(settings, sort_keys=True)
 
 
@@ -143,11 +148,13 @@ class WganTrainer:
             self.generator = Generator(patch, params.width_g, params.latent_dim).to(device)
             self.critic = Critic(patch, params.width_d).to(device)
         self.pretrained = warm_start(self.generator, self.critic, pretrained)
+        self.critic_trained = train_last_blocks(self.critic, params.private_blocks, pretrained is not None)
         self.intensity = data.intensity
-        self.opt_g = _optimizer(self.generator, params, params.lr_generator or params.lr)
-        self.opt_d = _optimizer(self.critic, params, params.lr)
+        self.opt_g = _optimizer(self.generator.parameters(), params, params.lr_generator or params.lr)
+        self.opt_d = _optimizer(self.critic_trained, params, params.lr)
         if pretrained is not None:
-            warm_optimizers({"opt_g": self.opt_g, "opt_d": self.opt_d}, pretrained, params.optimizer)
+            optimizers = {"opt_g": (self.opt_g, self.generator), "opt_d": (self.opt_d, self.critic)}
+            warm_optimizers(optimizers, pretrained, params.optimizer)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False) if params.ema else None
         self.rng = {
             "sampler": torch.Generator().manual_seed(seeds["sampler"]),
@@ -215,10 +222,15 @@ class WganTrainer:
         (sign * scores.mean()).backward()
         return scores.detach()
 
+    @property
+    def trained_parameters(self) -> int:
+        """How many critic parameters this run trains (DP-SGD's noise has this dimension)."""
+        return sum(p.numel() for p in self.critic_trained)
+
     def _finish_critic_step(self) -> None:
         self.opt_d.step()
         with torch.no_grad():
-            for p in self.critic.parameters():
+            for p in self.critic_trained:
                 p.clamp_(-self.params.clip_weight, self.params.clip_weight)
         self.critic_steps += 1
 
@@ -374,11 +386,11 @@ class WganTrainer:
             generator.train()
 
 
-def _optimizer(module: nn.Module, params: GanParams, lr: float) -> torch.optim.Optimizer:
-    """RMSprop (the paper's) or Adam with betas (beta1, 0.9) over a module's parameters."""
+def _optimizer(parameters: Iterable[nn.Parameter], params: GanParams, lr: float) -> torch.optim.Optimizer:
+    """RMSprop (the paper's) or Adam with betas (beta1, 0.9) over the parameters a run trains."""
     if params.optimizer == "adam":
-        return torch.optim.Adam(module.parameters(), lr=lr, betas=(params.beta1, 0.9))
-    return torch.optim.RMSprop(module.parameters(), lr=lr)
+        return torch.optim.Adam(parameters, lr=lr, betas=(params.beta1, 0.9))
+    return torch.optim.RMSprop(parameters, lr=lr)
 
 
 def _score_gap(real_scores: Tensor, fake_scores: Tensor) -> float:

@@ -34,6 +34,10 @@ gradient is G_u^T A_u with the unit's output positions the union of its samples'
 (m T, Din)), so the same two formulas give its norm; the clipping factor of the unit then
 scales each of its samples' terms.
 
+Frozen parameters (requires_grad False, e.g. critic blocks kept at a public warm start's weights) are outside
+the mechanism: no hook, no per-sample gradient, no share of the clipping norm and no noise. Norms, clipping and
+the noise (std sigma C per coordinate) cover exactly the trained parameters (``BookKeepingClipper.params``).
+
 Per-sample squared norms are summed over layers in float64: float32 norms of
 multi-million-element tensors were off by up to 4e-4 (docs/design.md §2.1), enough to break the
 sensitivity bound. Clipping uses C / (1 + NORM_RTOL) so that the remaining float32

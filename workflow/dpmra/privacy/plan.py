@@ -83,6 +83,23 @@ def gan_sigmas(gan: dict, plan: Sampling) -> list[str]:
     return list(dict.fromkeys(sigma_label(s) for s in sigmas))
 
 
+def placebo_sigmas(gan: dict, plan: Sampling) -> list[str]:
+    """Sigma labels of the runs that get a placebo: gan.placebo lists target epsilons (of gan.epsilons) or sigmas
+    (of gan.sigmas); any other value is refused naming the key."""
+    by_epsilon = {float(e): sigma_label(sigma_for_epsilon(float(e), plan, gan)) for e in gan["epsilons"]}
+    by_sigma = {parse_sigma(s): sigma_label(parse_sigma(s)) for s in gan["sigmas"]}
+    labels = []
+    for value in gan["placebo"]:
+        number = float(value)
+        if number not in by_epsilon and number not in by_sigma:
+            raise ValueError(
+                f"gan.placebo: {value} is neither one of gan.epsilons ({gan['epsilons']}) nor of gan.sigmas "
+                f"({gan['sigmas']})"
+            )
+        labels.append(by_epsilon.get(number) or by_sigma[number])
+    return list(dict.fromkeys(labels))
+
+
 def setting_name(lr: float, dropout: float, augment: bool) -> str:
     """The wildcard value of a U-Net setting, e.g. lr-0.0001_dropout-0.1_augment-on."""
     return f"lr-{lr:g}_dropout-{dropout:g}_augment-{'on' if augment else 'off'}"

@@ -144,6 +144,22 @@ def public_pretraining(stored: dict) -> dict | None:
     }
 
 
+def frozen_public_blocks(stored: dict) -> dict | None:
+    """Which critic blocks kept the public warm start's weights (gan.private_blocks); None where all were trained."""
+    private_blocks, total = stored["params"].get("private_blocks"), stored.get("critic_blocks")
+    if private_blocks is None or private_blocks == total:
+        return None
+    frozen, trained = total - private_blocks, stored["trained_parameters"]
+    return {
+        "blocks": list(range(1, frozen + 1)),
+        "critic_blocks": total,
+        "trained_parameters": trained,
+        "statement": f"critic blocks 1-{frozen} of {total} kept the public warm start's weights; only the last "
+        f"{private_blocks} ({trained} parameters) were trained under DP-SGD, and only they carry noise. Epsilon "
+        "is unchanged by the freezing: it depends on sigma, the sampling rate and the number of steps",
+    }
+
+
 def card_warnings(stored: dict) -> list[str]:
     """What a steward must read before sharing: no privacy, the paper's delta, the paper's loop."""
     warnings = []
@@ -173,6 +189,7 @@ def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str, scores
         "delta": stored["delta"],
         "guarantee": guarantee(stored),
         "public_pretraining": public_pretraining(stored),
+        "frozen_public_blocks": frozen_public_blocks(stored),
         "warnings": card_warnings(stored),
         "secret": SECRET,
         "accountants": "rdp: Renyi DP of the Poisson-subsampled Gaussian (the paper's orders); "
