@@ -33,7 +33,7 @@ release: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) release
 
 # Links profiles/local and profiles/slurm into Snakemake's user profile folder (~/.config/snakemake), by name.
-profiles: $(STAMP)
+profiles: | $(STAMP)
 	$(BIN)/dpmra profiles --profiles profiles
 
 test: $(STAMP)

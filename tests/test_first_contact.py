@@ -41,6 +41,9 @@ def clone(tmp_path_factory) -> dict:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
     home.mkdir()
+    # `make demo` made .venv in the clone; here it is the running one (copy2 kept pyproject.toml's time, so make
+    # sees the install as current and installs nothing).
+    (repo / ".venv").symlink_to(BIN.parent, target_is_directory=True)
     env = {k: v for k, v in ENV.items() if k not in ("XDG_CONFIG_HOME", "SNAKEMAKE_PROFILE")}
     activated = {**env, "HOME": str(home), "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "VIRTUAL_ENV": str(BIN.parent)}
     return {"repo": repo, "home": home, "env": activated}
