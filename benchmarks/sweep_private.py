@@ -5,9 +5,11 @@ epsilon 0 releases a warm-start setting's public generator alone, without privat
 released, used to train the default U-Net, and scored on the *validation* patients only (test and external
 patients are for the final numbers, never for choosing a recipe). Prints one table (and appends each row to
 ``OUT/sweep.tsv``, so a killed sweep resumes): setting -> eps, sigma, critic steps, GAN minutes, Frechet
-distance to the validation patches (random-CNN features), validation DSC.
+distance to the validation patches (random-CNN features), validation DSC. With ``--placebo`` every private run
+is repeated on the placebo's public stand-ins (the base run's site-C patients after the warm start's), and the
+summary prints each setting's placebo DSC and private gain (private minus placebo, paired by seed).
 
-    python benchmarks/sweep_private.py --base results --out /tmp/sweep [--only NAME ...] [--epsilons 10 2]
+    python benchmarks/sweep_private.py --base results --out /tmp/sweep [--only NAME ...] [--epsilons 10 2] [--placebo]
 
 ``--base`` is a finished default run (its ``data/`` and the train and val patients' prepared volumes are read).
 """
@@ -57,20 +59,34 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm-w8-b64-rmsprop": (200, "volume", dict(**SMALL, batch_size=64, epochs=3), 60),
     "warm-w16-b32": (200, "volume", dict(epochs=3), 34),
     "warm24-w16-b32": (200, "volume", dict(epochs=3), 24),
+    "warm24-w16-b32-pb1": (200, "volume", dict(epochs=3, private_blocks=1), 24),
+    "warm24-w16-b32-pb2": (200, "volume", dict(epochs=3, private_blocks=2), 24),
+    "warm24-w16-b32-pb1-e6": (200, "volume", dict(epochs=6, private_blocks=1), 24),
     "warm-w16-b32-e6": (200, "volume", dict(epochs=6), 34),
     "warm-w16-b32-e1": (200, "volume", dict(epochs=1), 34),
     "warm-w16-b32-lr1e-4": (200, "volume", dict(epochs=3, lr=1e-4), 34),
     "warm-w16-patient": (200, "volume", dict(epochs=30, unit="patient", patient_batch=2.0, patient_patches=16), 34),
 }
+PUBLIC_PATIENTS = 3  # the default's warm-start cohort, C000-C002; the placebo's stand-ins follow
+
+
 def cohort(base: Path) -> dict[str, list[str]]:
-    """The base run's train and val patients, from its prepared volumes' names (phantom site A, in order)."""
+    """The base run's train, val, public and placebo patients, from its prepared volumes' names, in order."""
     patients = sorted(p.name for p in (base / "data").iterdir() if (p / "volume.json").is_file())
     site_a = [p for p in patients if p.startswith("A")]
-    return {"train": site_a[:6], "val": site_a[6:8]}
+    site_c = [p for p in patients if p.startswith("C")]
+    return {
+        "train": site_a[:6],
+        "val": site_a[6:8],
+        "public": site_c[:PUBLIC_PATIENTS],
+        "placebo": site_c[PUBLIC_PATIENTS : PUBLIC_PATIENTS + 6],
+    }
 
 
-def build_training_set(base: Path, out: Path, per_patient: int, intensity: str, train: list[str]) -> Path:
-    """Patches of the train patients (re-cut when per_patient differs) and the GAN training set."""
+def build_training_set(
+    base: Path, out: Path, per_patient: int, intensity: str, train: list[str], name: str = "train"
+) -> Path:
+    """Patches of the given patients (re-cut when per_patient differs) and their GAN training set."""
     folder = out / f"patches-{per_patient}"
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -81,15 +97,17 @@ def build_training_set(base: Path, out: Path, per_patient: int, intensity: str, 
             patient_patches(patient, data / "image.nii.gz", data / "label.nii.gz", data / "brain_mask.nii.gz",
                             per_patient, PATCH, 0, path)
         files.append(path)
-    train_set = folder / f"train_set-{intensity}.npz"
+    train_set = folder / f"{name}_set-{intensity}.npz"
     if not train_set.exists():
-        training_set(files, train_set, folder / "gallery.png", intensity=intensity)
+        training_set(files, train_set, folder / f"{name}_gallery.png", intensity=intensity)
     return train_set
 
 
-def warm_start(base: Path, out: Path, params: GanParams, epochs: int, secret: Path, intensity: str) -> Path:
+def warm_start(
+    base: Path, out: Path, params: GanParams, epochs: int, secret: Path, intensity: str, public: list[str]
+) -> Path:
     """The public run (phantom site C, non-private) the private runs of one architecture start from."""
-    files = sorted((base / "patches").glob("C*.npz"))
+    files = [base / "patches" / f"{p}.npz" for p in public]
     if not files:
         raise ValueError(f"{base / 'patches'}: no public (site C) patches; build results/patches/C00*.npz first")
     public_set = out / f"public_set-{intensity}.npz"
@@ -119,19 +137,24 @@ def val_fd(dataset: Path, val_patches: np.ndarray) -> float:
     return frechet_distance(*stats[0], *stats[1])
 
 
-def run_setting(base: Path, out: Path, name: str, epsilon: float, seed: int, secret: Path, patients: dict) -> dict:
-    """Train, release, segment and score one (setting, epsilon, seed); returns the table row."""
+def run_setting(
+    base: Path, out: Path, name: str, epsilon: float, seed: int, secret: Path, patients: dict, training: str = "train"
+) -> dict:
+    """Train, release, segment and score one (setting, epsilon, seed) on the train patients or the placebo's
+    stand-ins (`training`); returns the table row."""
     per_patient, intensity, overrides, warm_epochs = SETTINGS[name]
     params = replace(BASE, **overrides)
-    pretrained = warm_start(base, out, params, warm_epochs, secret, intensity) if warm_epochs else None
-    train_set = build_training_set(base, out, per_patient, intensity, patients["train"])
+    pretrained = (
+        warm_start(base, out, params, warm_epochs, secret, intensity, patients["public"]) if warm_epochs else None
+    )
+    train_set = build_training_set(base, out, per_patient, intensity, patients[training], training)
     gan_config = {"batch_size": params.batch_size, "delta": None, "epochs": params.epochs,
                   "n_critic": params.n_critic, "mode": "fresh"}
     privacy = {"unit": params.unit, "patient_batch": params.patient_batch}
     plan = sampling(gan_config, privacy, len(patients["train"]), per_patient)
     sigma = sigma_for_epsilon(epsilon, plan, gan_config) if 0 < epsilon < math.inf else math.inf
     params = replace(params, sigma=sigma, seed=seed)
-    run = out / name / f"eps~{epsilon:g}" / f"seed~{seed}"
+    run = out / name / f"eps~{epsilon:g}" / f"seed~{seed}" / ("" if training == "train" else "placebo")
     start = time.perf_counter()
     if epsilon == 0:  # the warm start alone: no private training
         run.mkdir(parents=True, exist_ok=True)
@@ -148,6 +171,7 @@ def run_setting(base: Path, out: Path, name: str, epsilon: float, seed: int, sec
     val_patches = load_images([base / "patches" / f"{p}.npz" for p in patients["val"]])
     return {
         "setting": name,
+        "cohort": "private" if training == "train" else "placebo",
         "target_epsilon": epsilon,
         "seed": seed,
         "epsilon": stored["epsilon"]["epsilon_rdp"],
@@ -168,6 +192,7 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[10.0, 2.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (latents; the key varies noise)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--placebo", action="store_true", help="repeat each private run on the public stand-ins")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -180,26 +205,43 @@ def main() -> None:
             if epsilon == 0 and not SETTINGS[name][3]:
                 continue  # epsilon 0 is the warm start alone
             for seed in [0] if epsilon == 0 else args.seeds:
-                if is_done(done, name, epsilon, seed):
-                    continue
-                row = run_setting(args.base, args.out, name, epsilon, seed, secret, patients)
-                print(json.dumps(row), flush=True)
-                done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-                done.to_csv(table_path, sep="\t", index=False)
+                trainings = ["train", "placebo"] if args.placebo and epsilon > 0 else ["train"]
+                for training in trainings:
+                    if is_done(done, name, epsilon, seed, training):
+                        continue
+                    row = run_setting(args.base, args.out, name, epsilon, seed, secret, patients, training)
+                    print(json.dumps(row), flush=True)
+                    done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
+                    done.to_csv(table_path, sep="\t", index=False)
     print(done.to_string(index=False))
     print(summary(done).to_string())
 
 
-def is_done(done: pd.DataFrame, name: str, epsilon: float, seed: int) -> bool:
-    """Whether the table already has this (setting, epsilon, seed)."""
+def is_done(done: pd.DataFrame, name: str, epsilon: float, seed: int, training: str = "train") -> bool:
+    """Whether the table already has this (setting, epsilon, seed, cohort)."""
     if done.empty:
         return False
-    return bool(((done["setting"] == name) & (done["target_epsilon"] == epsilon) & (done["seed"] == seed)).any())
+    cohort_name = "private" if training == "train" else "placebo"
+    cohorts = done["cohort"] if "cohort" in done else pd.Series("private", index=done.index)
+    row = (done["setting"] == name) & (done["target_epsilon"] == epsilon) & (done["seed"] == seed)
+    return bool((row & (cohorts == cohort_name)).any())
 
 
 def summary(done: pd.DataFrame) -> pd.DataFrame:
-    """Validation DSC per (setting, epsilon) over seeds: mean, min, max and the number of seeds."""
-    return done.groupby(["setting", "target_epsilon"])["val_dsc"].agg(["mean", "min", "max", "count"]).round(3)
+    """Validation DSC per (setting, epsilon) over seeds (mean, min, max, count) and, where placebos ran, the placebo's
+    mean and the private gain (private minus placebo, paired by seed): its mean and SD."""
+    done = done.assign(cohort=done["cohort"] if "cohort" in done else "private")
+    private = done[done["cohort"] == "private"]
+    table = private.groupby(["setting", "target_epsilon"])["val_dsc"].agg(["mean", "min", "max", "count"])
+    keys = ["setting", "target_epsilon", "seed"]
+    paired = private.merge(done[done["cohort"] == "placebo"], on=keys, suffixes=("", "_placebo"))
+    if not paired.empty:
+        paired["gain"] = paired["val_dsc"] - paired["val_dsc_placebo"]
+        gains = paired.groupby(["setting", "target_epsilon"]).agg(
+            placebo=("val_dsc_placebo", "mean"), gain=("gain", "mean"), gain_sd=("gain", "std")
+        )
+        table = table.join(gains)
+    return table.round(3)
 
 
 if __name__ == "__main__":

@@ -357,3 +357,31 @@ def test_pixel_bytes_that_spell_an_id_are_not_an_id_leak(tmp_path):
     assert find_leaks(tmp_path, [], ["A006"], []) == []
     (tmp_path / "README.md").write_text("made from A006\n")
     assert find_leaks(tmp_path, [], ["A006"], []) == [f"{tmp_path / 'README.md'}: patient id A006"]
+
+
+def test_readme_gives_the_private_gain_over_the_placebo_and_the_warm_start(run):
+    """With the run's placebo in the tables: each split's placebo DSC and private gain (0.71 - 0.65 on test)."""
+    placebo = "placebo~" + SOURCE[len("sigma~"):]
+    summary = pd.read_csv(run["summary"], sep="\t")
+    rows = summary[summary["source"] == SOURCE].assign(source=placebo)
+    rows.loc[rows["metric"] == "dsc", "mean"] -= 0.06
+    pd.concat([summary, rows]).to_csv(run["summary"], sep="\t", index=False)
+    selection = pd.read_csv(run["selection"], sep="\t")
+    extra = pd.DataFrame({"source": [placebo], "setting": [SETTINGS[1]], "val_dsc_mean": [0.6]})
+    pd.concat([selection, extra]).to_csv(run["selection"], sep="\t", index=False)
+    private_card = card()
+    private_card["public_pretraining"] = {"epochs": 24, "statement": "started from a public warm start (site C)"}
+    write_synth(run["synth"], *synthetic_pairs(), private_card)
+    quality = build(run)
+    test = quality["segmentation"]["splits"]["test"]
+    assert test["placebo_dsc_mean"] == pytest.approx(0.65) and test["private_gain"] == pytest.approx(0.06)
+    readme = (run["out"] / "README.md").read_text()
+    assert "reached 0.65: a private gain of 0.06." in readme and "No placebo" not in readme
+    assert "Where the generator began: started from a public warm start (site C)." in readme
+
+
+def test_readme_without_a_placebo_says_the_dsc_is_no_measure_of_private_learning(run):
+    build(run)
+    quality = json.loads((run["out"] / "quality.json").read_text())
+    assert quality["segmentation"]["placebo"] is None
+    assert "No placebo was run for this dataset" in (run["out"] / "README.md").read_text()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dpmra.privacy.plan import placebo_source
 from dpmra.release.cards import card_epsilon, read_card
 from dpmra.segmentation.metrics import METRICS, score_files
 from dpmra.shared.atomic import write_tsv
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 TABLE1_SPLITS = ("test", "external")
 SOURCE = re.compile(r"sigma~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
-PLACEBO = "placebo~"
-"""A placebo source is its private run's name with this prefix instead of `sigma~`: placebo~S/seed~N."""
 PRIVACY_COLUMNS = [
     "source",
     "sigma",
@@ -129,17 +128,12 @@ def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, f
     return with_private_gain(pd.DataFrame(rows, columns=TABLE1_COLUMNS))
 
 
-def placebo_of(source: str) -> str | None:
-    """The placebo source of a private run `sigma~S/seed~N` (placebo~S/seed~N); None for other sources."""
-    return PLACEBO + source[len("sigma~"):] if SOURCE.fullmatch(source) else None
-
-
 def with_private_gain(table: pd.DataFrame) -> pd.DataFrame:
     """Table 1 with private_gain = DSC(private run) - DSC(its placebo: same sigma, seed, split) where one exists."""
     placebo = table.set_index(["source", "split"])["dsc_mean"]
     gains = [
-        table_row.dsc_mean - placebo.get((placebo_of(table_row.source), table_row.split), math.nan)
-        if placebo_of(table_row.source)
+        table_row.dsc_mean - placebo.get((placebo_source(table_row.source), table_row.split), math.nan)
+        if placebo_source(table_row.source)
         else math.nan
         for table_row in table.itertuples()
     ]

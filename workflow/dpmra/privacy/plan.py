@@ -83,6 +83,15 @@ def gan_sigmas(gan: dict, plan: Sampling) -> list[str]:
     return list(dict.fromkeys(sigma_label(s) for s in sigmas))
 
 
+PLACEBO_PREFIX = "placebo~"
+"""A placebo's source name: its private run's `sigma~S/seed~N` with this prefix instead of `sigma~`."""
+
+
+def placebo_source(source: str) -> str | None:
+    """The placebo of a private run's source `sigma~S/seed~N` (placebo~S/seed~N); None for any other source."""
+    return PLACEBO_PREFIX + source[len("sigma~"):] if source.startswith("sigma~") else None
+
+
 def placebo_sigmas(gan: dict, plan: Sampling) -> list[str]:
     """Sigma labels of the runs that get a placebo: gan.placebo lists target epsilons (of gan.epsilons) or sigmas
     (of gan.sigmas); any other value is refused naming the key."""

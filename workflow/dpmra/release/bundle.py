@@ -5,7 +5,7 @@ post-processing), its privacy card copied byte for byte, aggregate quality numbe
 patient (statistics of the synthetic set, and aggregates over held-out patients, labelled as not covered by
 epsilon), a README for the recipient and a checksum manifest. Statistics of the training patches computed
 outside the DP mechanism (fd_train, fd_gap) and anything per patient stay out.
-The search of a bundle for private data is `dpmra.release.leaks`.
+The search of a bundle for private data is `dpmra.release.leaks`; the recipient's README is `dpmra.release.readme`.
 """
 
 from __future__ import annotations
@@ -22,19 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dpmra.privacy.plan import placebo_source
+from dpmra.release.readme import BUNDLE_FILES, MANIFEST, PLACEBO_NOTE, SYNTH_FILES, SYNTHETIC_NOTE, readme_text
 from dpmra.shared.atomic import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
-SYNTH_FILES = ("dataset.npz", "images.nii.gz", "labels.nii.gz", "gallery.png", "privacy_card.json")
-MANIFEST = "MANIFEST.tsv"
-BUNDLE_FILES = (*SYNTH_FILES, "quality.json", "README.md", MANIFEST)
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 ZIP_MODE = 0o100644 << 16
 STORED_SUFFIXES = (".npz", ".gz", ".png")
 HELD_OUT_SPLITS = ("test", "external")
 HELD_OUT_NOTE = "computed on held-out patients, not covered by epsilon"
-SYNTHETIC_NOTE = "computed from the synthetic dataset alone, covered by epsilon as post-processing"
 CHUNK = 1 << 20
 
 
@@ -76,7 +74,9 @@ def card_facts(path: Path) -> dict:
     statement = guarantee.get("statement") if isinstance(guarantee, dict) else None
     release = card.get("release")
     scaling = release.get("image_scaling") if isinstance(release, dict) else None
+    warm = card.get("public_pretraining")
     return {
+        "warm_start": warm.get("statement") if isinstance(warm, dict) else None,
         "image_scaling": scaling if isinstance(scaling, str) and scaling else "on 0..255",
         "dataset": card["dataset"],
         "epsilon": epsilon_value(epsilon["rdp"], path),
@@ -154,16 +154,40 @@ def read_table(path: Path, columns: Iterable[str]) -> pd.DataFrame:
     return table
 
 
-def held_out_utility(summary_path: Path, selection_path: Path, source: str) -> dict:
-    """DSC (mean, SD, n over held-out patients) of the U-Net trained on `source` at its validation-selected setting."""
-    selection = read_table(selection_path, ("source", "setting"))
+def selected_dsc(summary: pd.DataFrame, selection: pd.DataFrame, source: str) -> tuple[str, pd.DataFrame] | None:
+    """The validation-selected setting of `source` and its DSC rows of the summary; None where it has none."""
     chosen = selection.loc[selection["source"] == source, "setting"]
     if chosen.empty:
-        raise ValueError(f"{selection_path}: no selected U-Net setting for {source}")
-    summary = read_table(summary_path, ("source", "setting", "split", "metric", "mean", "sd", "n"))
+        return None
     rows = summary[
         (summary["source"] == source) & (summary["setting"] == chosen.iloc[0]) & (summary["metric"] == "dsc")
     ]
+    return chosen.iloc[0], rows
+
+
+def with_placebo(splits: dict, placebo: pd.DataFrame | None) -> dict:
+    """Each split's placebo DSC and private gain (DSC minus the placebo's), where the run had a placebo."""
+    if placebo is None:
+        return splits
+    for split, row in splits.items():
+        found = placebo[placebo["split"] == split]
+        if len(found) and row["dsc_mean"] is not None:
+            placebo_dsc = finite_or_none(found["mean"].iloc[0])
+            row["placebo_dsc_mean"] = placebo_dsc
+            row["private_gain"] = None if placebo_dsc is None else row["dsc_mean"] - placebo_dsc
+    return splits
+
+
+def held_out_utility(summary_path: Path, selection_path: Path, source: str) -> dict:
+    """DSC (mean, SD, n over held-out patients) of the U-Net trained on `source` at its validation-selected setting,
+    and, where the run had a placebo, the placebo's DSC and the private gain."""
+    selection = read_table(selection_path, ("source", "setting"))
+    summary = read_table(summary_path, ("source", "setting", "split", "metric", "mean", "sd", "n"))
+    found = selected_dsc(summary, selection, source)
+    if found is None:
+        raise ValueError(f"{selection_path}: no selected U-Net setting for {source}")
+    setting, rows = found
+    placebo = selected_dsc(summary, selection, placebo_source(source)) if placebo_source(source) else None
     splits = {}
     for split in HELD_OUT_SPLITS:
         row = rows[rows["split"] == split]
@@ -178,8 +202,9 @@ def held_out_utility(summary_path: Path, selection_path: Path, source: str) -> d
     return {
         "what": "vessel segmentation by a U-Net trained on this synthetic dataset alone, its hyper-parameters "
         "chosen by validation DSC, scored on whole held-out volumes",
-        "unet_setting": chosen.iloc[0],
-        "splits": splits,
+        "unet_setting": setting,
+        "placebo": PLACEBO_NOTE if placebo is not None else None,
+        "splits": with_placebo(splits, placebo[1] if placebo is not None else None),
     }
 
 
@@ -191,118 +216,6 @@ def quality_summary(dataset: dict, quality: dict, utility: dict) -> dict:
         "frechet_distance_test": quality["frechet_distance_test"],
         "segmentation": utility,
     }
-
-
-def number(value: float | None, digits: int = 4) -> str:
-    """A number for the README: `digits` significant digits, 'n/a' for a missing one."""
-    return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def guarantee_statement(facts: dict) -> str:
-    """The guarantee in plain words: the card's own statement, else one built from epsilon and delta."""
-    if facts["statement"]:
-        return facts["statement"]
-    if math.isinf(facts["epsilon"]):
-        return "None: the generator was trained without differential privacy (epsilon = inf)."
-    return (
-        f"The generator that produced these data was trained with differentially private SGD and satisfies "
-        f"({number(facts['epsilon'])}, {number(facts['delta'], 3)})-differential privacy. The unit protected is one "
-        f"training patch: whether any single training patch was used or not changes the probability of any result "
-        f"computed from these data by at most a factor of e^{number(facts['epsilon'])}, except with probability "
-        f"{number(facts['delta'], 3)}. A patient contributed many patches, so the guarantee for a whole patient is "
-        f"weaker (group privacy)."
-    )
-
-
-NOT_PRIVATE = (
-    "> **NOT PRIVATE.** epsilon = inf: the GAN behind this dataset was trained without differential privacy.\n"
-    "> These data carry no privacy guarantee. Do not share them as private data.\n\n"
-)
-
-FILE_NOTES = {
-    "dataset.npz": "the pairs as numpy arrays `image` (n, P, P) and `label` (n, P, P)",
-    "images.nii.gz": "the images as one P x P x n uint8 NIfTI stack (1 mm voxels), for ITK-SNAP or 3D Slicer",
-    "labels.nii.gz": "the labels as one P x P x n uint8 NIfTI stack, vessel 255, background 0",
-    "gallery.png": "the first pairs, image above label",
-    "privacy_card.json": "the privacy card: the DP mechanism, its accounting (epsilon, delta) and the release",
-    "quality.json": "aggregate quality numbers (below), each with a note on what it was computed from",
-    "README.md": "this file",
-    MANIFEST: "size and SHA-256 of every other file",
-}
-
-
-def quality_lines(summary: dict) -> list[str]:
-    """README bullet points for the aggregate quality numbers."""
-    data, fd = summary["synthetic_dataset"], summary["frechet_distance_test"]
-    lines = [
-        f"- Synthetic set ({SYNTHETIC_NOTE}): {data['n_pairs']} pairs, vessel share of label pixels "
-        f"{number(data['vessel_share'])}, image mean {number(data['image_mean'])}, SD {number(data['image_sd'])}; "
-        f"mean pairwise SSIM {number(summary['diversity']['ssim_mean'])} over {summary['diversity']['n_images']} "
-        "images (higher: less diverse).",
-        f"- Frechet distance to held-out patients' patches ({fd['note']}): {number(fd['value'])} "
-        f"(features `{fd['backbone']}`; comparable only with distances on the same features).",
-    ]
-    for split, row in summary["segmentation"]["splits"].items():
-        lines.append(
-            f"- Vessel segmentation, {split} split ({row['note']}): a U-Net trained on this dataset alone reached "
-            f"DSC {number(row['dsc_mean'], 3)} (SD {number(row['dsc_sd'], 3)})."
-        )
-    return lines
-
-
-def accounting_line(facts: dict) -> str:
-    """epsilon under both accountants and delta, and what follows from them."""
-    if math.isinf(facts["epsilon"]):
-        return f"epsilon inf, delta {number(facts['delta'], 3)}. Details: `privacy_card.json`."
-    prv = facts["epsilon_prv"]
-    tighter = f"; the PRV accountant's tighter estimate of the same mechanism: {number(prv)}" if prv is not None else ""
-    return (
-        f"epsilon {number(facts['epsilon'])} (RDP accountant{tighter}), delta {number(facts['delta'], 3)}. Anything "
-        "computed from these files alone keeps this guarantee. Details: `privacy_card.json`."
-    )
-
-
-def readme_text(facts: dict, summary: dict) -> str:
-    """The recipient's README: what the data are, the guarantee, how to load them, quality, files."""
-    data = summary["synthetic_dataset"]
-    p, n = data["patch_size"], data["n_pairs"]
-    private = not math.isinf(facts["epsilon"])
-    training = "with differentially private SGD" if private else "WITHOUT differential privacy"
-    files = "\n".join(f"| `{name}` | {FILE_NOTES[name]} |" for name in BUNDLE_FILES)
-    return (
-        f"# Synthetic TOF-MRA patches with vessel labels ({facts['dataset']})\n\n"
-        + ("" if private else NOT_PRIVATE)
-        + "## What the data are\n\n"
-        f"{n} labelled synthetic 2D axial brain TOF-MRA patches of {p} x {p} pixels, each with a binary vessel label. "
-        f"They were sampled from a generative adversarial network (a Wasserstein GAN) trained {training} on "
-        "patches of real TOF-MRA scans: the patches were generated, not cut from any scan. Images are "
-        f"{data['image_dtype']}, {facts['image_scaling']} (values {number(data['image_min'])} to "
-        f"{number(data['image_max'])}); labels are {data['label_dtype']}, 1 vessel and 0 background.\n\n"
-        "## Privacy guarantee\n\n"
-        f"{guarantee_statement(facts)}\n\n"
-        f"{accounting_line(facts)}\n\n"
-        "## How to load\n\n"
-        "```python\n"
-        "import numpy as np\n\n"
-        'data = np.load("dataset.npz")\n'
-        f'images, labels = data["image"], data["label"]  # ({n}, {p}, {p}) each\n'
-        "```\n\n"
-        "```python\n"
-        "import nibabel as nib\n\n"
-        f'stack = nib.load("images.nii.gz").get_fdata()  # ({p}, {p}, {n}): pair i is stack[:, :, i]\n'
-        "```\n\n"
-        "## Quality (aggregate numbers, `quality.json`)\n\n"
-        + "\n".join(quality_lines(summary))
-        + "\n\nNumbers computed on held-out patients are not covered by epsilon; each is one aggregate, and no "
-        "per-patient value is included.\n\n"
-        "## Files\n\n"
-        "| file | content |\n| --- | --- |\n"
-        f"{files}\n\n"
-        f"Check the files against `{MANIFEST}`, in this folder:\n\n"
-        "```sh\n"
-        f"awk -F'\\t' 'NR > 1 {{print $3 \"  \" $1}}' {MANIFEST} | sha256sum -c\n"
-        "```\n"
-    )
 
 
 def sha256(path: Path) -> str:
