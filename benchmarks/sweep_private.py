@@ -114,7 +114,7 @@ def warm_start(
     if not public_set.exists():
         training_set(files, public_set, out / "public_gallery.png", intensity=intensity)
     public = replace(
-        params, sigma=math.inf, epochs=epochs, public=True, unit="patch",
+        params, sigma=math.inf, epochs=epochs, public=True, unit="patch", private_blocks=None,
         patient_batch=BASE.patient_batch, patient_patches=BASE.patient_patches,
     )
     folder = out / "public" / run_digest(public)
