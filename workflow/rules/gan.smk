@@ -1,8 +1,10 @@
+# The warm start needs the key too: made at once, so the longest path does not wait for it.
 rule secret_key:
     output:
         protected(PRIVACY["secret"]),
     log:
         "results/logs/secret_key.log",
+    priority: PRIORITY["warm_start"]
     conda:
         "../../envs/base.yaml"
     shell:
