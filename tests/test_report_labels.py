@@ -31,6 +31,7 @@ EXPECTED = {
     "table_audit.rst": "distances to training patches",
     "table_quality.rst": "fd_train, fd_gap and the real SSIM row",
     "table1.rst": "the real-data U-Net's rows",
+    "private_gain.rst": "scores of the test and external patients, beside Table 1's",
     "table1_html.rst": "the real-data U-Net's rows",
     "table_summary.rst": "the real-data U-Nets' rows",
 }

@@ -38,12 +38,12 @@ class Job:
         return dict(self.wildcards)
 
     def branch(self) -> str | None:
-        """The training source a job belongs to (`real` or `sigma~S/seed~N`); None for aggregates."""
+        """The training source a job belongs to (`real`, `sigma~S/seed~N`, `placebo~S/seed~N`); None for aggregates."""
         wc = self.wc
         if "source" in wc:
             return wc["source"]
         if "sigma" in wc:
-            return f"sigma~{wc['sigma']}/seed~{wc['seed']}"
+            return f"{wc.get('kind', 'sigma')}~{wc['sigma']}/seed~{wc['seed']}"
         return None
 
     def __str__(self) -> str:
@@ -111,17 +111,18 @@ def test_finished_run_needs_nothing(finished_run):
 
 
 def test_changing_one_sigma_reruns_only_that_gans_branch(finished_run, tmp_path):
-    """sigma 1.0 -> 1.2: the new GAN, its synthetic set, its U-Nets and their scores; the rest stays."""
-    config = write_config(tmp_path, "sigma", lambda c: c["gan"].update(sigmas=["inf", 1.2]))
+    """sigma 1.0 -> 1.2 (and its placebo): the new GAN and placebo, their synthetic sets, U-Nets and scores; the
+    rest stays."""
+    config = write_config(tmp_path, "sigma", lambda c: c["gan"].update(sigmas=["inf", 1.2], placebo=[1.2]))
     jobs = dry_run(finished_run, config)
     by_rule = {job.rule for job in jobs}
     assert {"gan", "synth", "unet", "predict", "score", "tables", "all"} <= by_rule
-    assert [job.wc for job in jobs if job.rule == "gan"] == [{"sigma": "1.2", "seed": "0"}]
+    assert sorted(job.branch() for job in jobs if job.rule == "gan") == ["placebo~1.2/seed~0", "sigma~1.2/seed~0"]
     for job in jobs:
         assert job.rule not in REAL_ONLY_RULES, job
-        assert job.branch() in (None, "sigma~1.2/seed~0"), job
-    units = {(job.wc["setting"], job.wc["split"]) for job in jobs if job.rule == "predict"}
-    assert len(units) == 2 * 3  # 2 U-Net settings x 3 evaluation splits, of the new source only
+        assert job.branch() in (None, "sigma~1.2/seed~0", "placebo~1.2/seed~0"), job
+    units = {(job.branch(), job.wc["setting"], job.wc["split"]) for job in jobs if job.rule == "predict"}
+    assert len(units) == 2 * 2 * 3  # the new source and its placebo x 2 U-Net settings x 3 evaluation splits
 
 
 def test_changing_a_gan_setting_retrains_gans_but_not_data_or_real_unets(finished_run, tmp_path):
@@ -130,7 +131,7 @@ def test_changing_a_gan_setting_retrains_gans_but_not_data_or_real_unets(finishe
     config = write_config(tmp_path, "gan_lr", lambda c: c["gan"].update(lr=1.0e-4))
     jobs = dry_run(finished_run, config)
     gans = [job for job in jobs if job.rule == "gan"]
-    assert {job.branch() for job in gans} == {"sigma~inf/seed~0", "sigma~1/seed~0"}
+    assert {job.branch() for job in gans} == {"sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0"}
     pretrain = [job for job in jobs if job.rule == "gan_pretrain"]
     assert len(pretrain) == 1 and pretrain[0].reason.startswith("Params have changed")
     assert all("results/gan/public/generator.pt" in job.reason or job.reason.startswith("Params") for job in gans)
@@ -145,7 +146,7 @@ def test_changing_a_unet_setting_does_not_retrain_gans(finished_run, tmp_path):
     config = write_config(tmp_path, "unet_epochs", lambda c: c["unet"].update(epochs=2))
     jobs = dry_run(finished_run, config)
     unets = [job for job in jobs if job.rule == "unet"]
-    assert len(unets) == 4 * 2  # sources real, sigma~inf, sigma~1, public x 2 settings
+    assert len(unets) == 5 * 2  # sources real, sigma~inf, sigma~1, placebo~1, public x 2 settings
     assert all(job.reason.startswith("Params have changed") for job in unets), unets
     for job in jobs:
         assert job.rule not in REAL_ONLY_RULES | GAN_RULES, job
@@ -169,9 +170,9 @@ def test_changing_the_patch_seed_reruns_everything_downstream(finished_run, tmp_
     rules = {job.rule for job in jobs}
     assert not rules & {"phantom", "prepare"}
     assert {"patches", "training_set", "gan", "synth", "unet", "predict", "score", "tables"} <= rules
-    assert sum(job.rule == "patches" for job in jobs) == 7  # 6 cohort patients and the public one
+    assert sum(job.rule == "patches" for job in jobs) == 10  # 6 cohort patients, the public one, 3 stand-ins
     assert {job.branch() for job in jobs if job.rule == "unet"} == {
-        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "public"
+        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", "public"
     }
 
 
@@ -180,7 +181,7 @@ def test_changing_the_phantom_seed_reruns_everything(finished_run, tmp_path):
     config = write_config(tmp_path, "phantom_seed", lambda c: c["data"]["phantom"].update(seed=7))
     jobs = dry_run(finished_run, config)
     rules = {job.rule for job in jobs}
-    assert sum(job.rule == "phantom" for job in jobs) == 7
+    assert sum(job.rule == "phantom" for job in jobs) == 10
     assert {"prepare", "patches", "training_set", "gan", "synth", "unet", "predict", "score", "tables"} <= rules
 
 
@@ -188,7 +189,7 @@ def test_changing_gan_epochs_retrains_gans(finished_run, tmp_path):
     config = write_config(tmp_path, "gan_epochs", lambda c: c["gan"].update(epochs=3))
     jobs = dry_run(finished_run, config)
     gans = [job for job in jobs if job.rule == "gan"]
-    assert {job.branch() for job in gans} == {"sigma~inf/seed~0", "sigma~1/seed~0"}
+    assert {job.branch() for job in gans} == {"sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0"}
     assert not {job.rule for job in jobs} & REAL_ONLY_RULES
 
 
