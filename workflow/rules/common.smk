@@ -55,11 +55,17 @@ def load_patients() -> pd.DataFrame:
     phantom = data.get("phantom") or {}
     if data["source"] == "phantom":
         n_train = phantom["splits"]["train"]["patients"]
-        return phantom_table(phantom["splits"], phantom["seed"], **public_cohorts(n_train))
+        return phantom_table(
+            phantom["splits"], phantom["seed"], **public_cohorts(n_train)
+        )
     table = read_manifest(data["manifest"])
     validate(table, schema="../schemas/samples.schema.yaml")
     table = check_manifest(table, data["manifest"])
-    public = phantom_table({}, phantom.get("seed", 0), **public_cohorts(int((table["split"] == "train").sum())))
+    public = phantom_table(
+        {},
+        phantom.get("seed", 0),
+        **public_cohorts(int((table["split"] == "train").sum())),
+    )
     if public.empty:
         return table
     clash = sorted(set(public.index) & set(table.index))
@@ -91,7 +97,9 @@ N_SYNTH = SYNTH["n"] or N_TRAIN
 GAN_SOURCES = expand("sigma~{sigma}/seed~{seed}", sigma=SIGMAS, seed=GAN["seeds"])
 # A placebo run: a private run's recipe, sigma, seed and number of pairs on the public stand-in cohort.
 PLACEBO_SIGMAS = placebo_sigmas(GAN, SAMPLING)
-PLACEBO_SOURCES = expand("placebo~{sigma}/seed~{seed}", sigma=PLACEBO_SIGMAS, seed=GAN["seeds"])
+PLACEBO_SOURCES = expand(
+    "placebo~{sigma}/seed~{seed}", sigma=PLACEBO_SIGMAS, seed=GAN["seeds"]
+)
 QUALITY = config["quality"]
 AUDIT = config["audit"]
 # Frechet distances to held-out patients use the test split (the paper's), else validation.
@@ -125,7 +133,12 @@ def public_first(wildcards) -> int:
 
 # U-Net training sources: the real train patches, every released synthetic dataset, the placebos, and the warm
 # start alone.
-UNET_SOURCES = ["real", *GAN_SOURCES, *PLACEBO_SOURCES, *(["public"] if WARM_START else [])]
+UNET_SOURCES = [
+    "real",
+    *GAN_SOURCES,
+    *PLACEBO_SOURCES,
+    *(["public"] if WARM_START else []),
+]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
 # A prepared patient as an input: `dpmra prepare` writes volume.json last, after the image, label and
 # brain mask next to it, so it stands for all four. One file per patient instead of four keeps the
@@ -145,7 +158,10 @@ wildcard_constraints:
 
 def from_phantom(patient: str) -> bool:
     """Whether a patient is rendered by the phantom: every one with data.source phantom, else the public cohorts."""
-    return config["data"]["source"] == "phantom" or patients.loc[patient, "split"] in ("public", "placebo")
+    return config["data"]["source"] == "phantom" or patients.loc[patient, "split"] in (
+        "public",
+        "placebo",
+    )
 
 
 def raw_volumes(wildcards) -> dict[str, str]:
@@ -206,7 +222,10 @@ def gan_inputs(wildcards) -> dict[str, str]:
     """A GAN run's training set (the private one, or the public stand-in of a placebo run) and key, and the public
     run it warm-starts from where the config has one."""
     cohort = "placebo" if wildcards.get("kind") == "placebo" else "train"
-    inputs = {"train_set": f"results/patches/{cohort}_set.npz", "secret": PRIVACY["secret"]}
+    inputs = {
+        "train_set": f"results/patches/{cohort}_set.npz",
+        "secret": PRIVACY["secret"],
+    }
     if WARM_START:
         inputs["warm_start"] = WARM_START
     return inputs
@@ -363,7 +382,9 @@ def dp_audit_targets() -> list[str]:
 # Folder arguments. A command that takes a folder (--data results/data, --metrics results/metrics) reads files
 # its job declares as inputs; the folder is read off those inputs, so each path is spelt once, in the input.
 # A training source as components of a path: real, public, sigma~S/seed~N or placebo~S/seed~N ([/]: a slash).
-SOURCE_IN_PATH = re.compile(r"[/](?:real|public|(?:sigma|placebo)~[^/]+/seed~[0-9]+)(?=/|$)")
+SOURCE_IN_PATH = re.compile(
+    r"[/](?:real|public|(?:sigma|placebo)~[^/]+/seed~[0-9]+)(?=/|$)"
+)
 
 
 def one_folder(folders: set[str], paths: list[str]) -> str:
@@ -388,7 +409,8 @@ def folder_of(paths: list[str], levels: int) -> str:
 def source_folder(paths: list[str]) -> str:
     """The folder holding one subfolder per training source that every one of `paths` lies in:
     results/predictions for results/predictions/{source}/{setting}/{split}, results/gan for
-    results/gan/{source}/epochs.tsv (a source is real, public, sigma~S/seed~N or placebo~S/seed~N)."""
+    results/gan/{source}/epochs.tsv (a source is real, public, sigma~S/seed~N or placebo~S/seed~N).
+    """
     folders = set()
     for path in paths:
         found = SOURCE_IN_PATH.search(path)

@@ -22,14 +22,24 @@ rule gan:
             caption="../report/gan_loss.rst",
             category="Contains patient data",
             subcategory="GAN: training curves",
-            labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}", "figure": "losses"},
+            labels={
+                "run": "{kind}",
+                "sigma": "{sigma}",
+                "seed": "{seed}",
+                "figure": "losses",
+            },
         ),
         epsilon=report(
             "results/gan/{kind}~{sigma}/seed~{seed}/epsilon.png",
             caption="../report/gan_epsilon.rst",
             category="GAN",
             subcategory="Training curves",
-            labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}", "figure": "epsilon"},
+            labels={
+                "run": "{kind}",
+                "sigma": "{sigma}",
+                "seed": "{seed}",
+                "figure": "epsilon",
+            },
         ),
         samples=report(
             "results/gan/{kind}~{sigma}/seed~{seed}/samples.png",
