@@ -5,7 +5,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from dpmra.data.manifest import check_manifest, phantom_table, read_manifest
-from dpmra.shared.environment import path_with_dpmra, require_dpmra
+from dpmra.shared.environment import use_this_environment
 from dpmra.privacy.plan import (
     gan_sigmas,
     parse_sigma,
@@ -18,9 +18,10 @@ from dpmra.privacy.plan import (
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 # Every job runs `dpmra`: this Python's scripts folder (a venv's bin/) goes first on PATH, which local and SLURM
 # jobs inherit, so `.venv/bin/snakemake` works without activating; with conda, each job's environment has its own.
-os.environ["PATH"] = path_with_dpmra(os.environ.get("PATH", ""))
-if "conda" not in {str(m) for m in workflow.deployment_settings.deployment_method}:
-    require_dpmra(os.environ["PATH"])
+use_this_environment(
+    check="conda"
+    not in {str(m) for m in workflow.deployment_settings.deployment_method}
+)
 # A run asking for the paper's FID stops here, before any job, when pytorch-fid or its weights are missing.
 if config["quality"]["backbone"] == "inception-v3":
     from dpmra.features.backbones import require_backbone

@@ -43,6 +43,14 @@ def require_dpmra(path: str) -> None:
         )
 
 
+def use_this_environment(check: bool = True) -> None:
+    """Put this Python's scripts folder first on this process's PATH (jobs inherit it); with `check`, stop when no
+    `dpmra` is on it (not with conda, where every job's environment brings its own)."""
+    os.environ["PATH"] = path_with_dpmra(os.environ.get("PATH", ""))
+    if check:
+        require_dpmra(os.environ["PATH"])
+
+
 def snakemake_profile_folder() -> Path:
     """The user folder where `snakemake --profile NAME` looks for NAME (Snakemake's own rule, XDG aware)."""
     from snakemake.common import get_appdirs
