@@ -11,6 +11,7 @@ import yaml
 from conftest import ROOT, snakemake
 
 from dpmra.data.manifest import phantom_table
+from dpmra.privacy.plan import placebo_sigmas
 
 
 def test_stand_in_patients_are_fresh_public_site_patients():
@@ -28,6 +29,15 @@ def test_stand_in_patients_are_fresh_public_site_patients():
 def test_a_stand_in_on_a_private_site_is_refused():
     with pytest.raises(ValueError, match="data.phantom.placebo: site A is also a split's site"):
         phantom_table({"train": {"site": "A", "patients": 2}}, 0, None, {"site": "A", "patients": 2})
+
+
+def test_placebo_names_runs_by_target_epsilon_or_sigma_and_refuses_others():
+    """gan.placebo [10, inf]: the sigma solved for epsilon 10 and the non-private run; 7 matches neither list."""
+    gan = {"sigmas": ["inf"], "epsilons": [10, 2], "placebo": [10, "inf"]}
+    by_epsilon = {10.0: "0.6794", 2.0: "1.47"}
+    assert placebo_sigmas(gan, by_epsilon) == ["0.6794", "inf"]
+    with pytest.raises(ValueError, match=r"gan.placebo: 7 is neither one of gan.epsilons \(\[10, 2\]\)"):
+        placebo_sigmas({**gan, "placebo": [7]}, by_epsilon)
 
 
 @pytest.mark.workflow

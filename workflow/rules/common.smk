@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from dpmra.data.manifest import check_manifest, phantom_table, read_manifest
 from dpmra.shared.environment import use_this_environment
 from dpmra.privacy.plan import (
+    epsilon_sigmas,
     gan_sigmas,
     parse_sigma,
     placebo_sigmas,
@@ -92,12 +93,13 @@ GAN = config["gan"]
 PRIVACY = config["privacy"]
 N_TRAIN = len(patients_in("train")) * PATCHES["per_patient"]
 SAMPLING = sampling(GAN, PRIVACY, len(patients_in("train")), PATCHES["per_patient"])
-SIGMAS = gan_sigmas(GAN, SAMPLING)
+EPSILON_SIGMAS = epsilon_sigmas(GAN, SAMPLING)
+SIGMAS = gan_sigmas(GAN, EPSILON_SIGMAS)
 SYNTH = config["synth"]
 N_SYNTH = SYNTH["n"] or N_TRAIN
 GAN_SOURCES = expand("sigma~{sigma}/seed~{seed}", sigma=SIGMAS, seed=GAN["seeds"])
 # A placebo run: a private run's recipe, sigma, seed and number of pairs on the public stand-in cohort.
-PLACEBO_SIGMAS = placebo_sigmas(GAN, SAMPLING)
+PLACEBO_SIGMAS = placebo_sigmas(GAN, EPSILON_SIGMAS)
 PLACEBO_SOURCES = expand(
     "placebo~{sigma}/seed~{seed}", sigma=PLACEBO_SIGMAS, seed=GAN["seeds"]
 )

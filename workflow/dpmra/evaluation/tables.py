@@ -130,20 +130,15 @@ def table1(summary: pd.DataFrame, selection: pd.DataFrame, epsilons: dict[str, f
 
 def with_private_gain(table: pd.DataFrame) -> pd.DataFrame:
     """Table 1 with private_gain = DSC(private run) - DSC(its placebo: same sigma, seed, split) where one exists."""
-    placebo = table.set_index(["source", "split"])["dsc_mean"]
-    gains = [
-        table_row.dsc_mean - placebo.get((placebo_source(table_row.source), table_row.split), math.nan)
-        if placebo_source(table_row.source)
-        else math.nan
-        for table_row in table.itertuples()
-    ]
+    dsc = table.set_index(["source", "split"])["dsc_mean"]
+    gains = [row.dsc_mean - dsc.get((placebo_source(row.source), row.split), math.nan) for row in table.itertuples()]
     return table.assign(private_gain=gains)
 
 
 def private_gain(table: pd.DataFrame) -> pd.DataFrame:
     """Per sigma and split: mean DSC of the private runs and their placebos, and the gain's mean and SD over seeds."""
     paired = table.dropna(subset=["private_gain"]).copy()
-    paired["sigma"] = [SOURCE.fullmatch(s)["sigma"] for s in paired["source"]]
+    paired["sigma"] = [parse_source(s)[0] for s in paired["source"]]
     paired["placebo_dsc"] = paired["dsc_mean"] - paired["private_gain"]
     rows = [
         {

@@ -76,11 +76,15 @@ def sigma_for_epsilon(target: float, plan: Sampling, gan: dict) -> float:
     return round_up(sigma)
 
 
-def gan_sigmas(gan: dict, plan: Sampling) -> list[str]:
+def epsilon_sigmas(gan: dict, plan: Sampling) -> dict[float, str]:
+    """The sigma label solved for each target epsilon of gan.epsilons: the accountant's work, done once per start."""
+    return {float(e): sigma_label(sigma_for_epsilon(float(e), plan, gan)) for e in gan["epsilons"]}
+
+
+def gan_sigmas(gan: dict, by_epsilon: dict[float, str]) -> list[str]:
     """Sigma labels of every GAN run: the configured sigmas, then those solved for target epsilons."""
-    sigmas = [parse_sigma(s) for s in gan["sigmas"]]
-    sigmas += [sigma_for_epsilon(float(e), plan, gan) for e in gan["epsilons"]]
-    return list(dict.fromkeys(sigma_label(s) for s in sigmas))
+    labels = [sigma_label(parse_sigma(s)) for s in gan["sigmas"]] + list(by_epsilon.values())
+    return list(dict.fromkeys(labels))
 
 
 PLACEBO_PREFIX = "placebo~"
@@ -92,10 +96,9 @@ def placebo_source(source: str) -> str | None:
     return PLACEBO_PREFIX + source[len("sigma~"):] if source.startswith("sigma~") else None
 
 
-def placebo_sigmas(gan: dict, plan: Sampling) -> list[str]:
-    """Sigma labels of the runs that get a placebo: gan.placebo lists target epsilons (of gan.epsilons) or sigmas
-    (of gan.sigmas); any other value is refused naming the key."""
-    by_epsilon = {float(e): sigma_label(sigma_for_epsilon(float(e), plan, gan)) for e in gan["epsilons"]}
+def placebo_sigmas(gan: dict, by_epsilon: dict[float, str]) -> list[str]:
+    """Sigma labels of the runs that get a placebo: gan.placebo lists target epsilons (of gan.epsilons, solved in
+    `by_epsilon`) or sigmas (of gan.sigmas); any other value is refused naming the key."""
     by_sigma = {parse_sigma(s): sigma_label(parse_sigma(s)) for s in gan["sigmas"]}
     labels = []
     for value in gan["placebo"]:
