@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dpmra-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test report release profiles lint clean
+.PHONY: install demo study test report release profiles lint clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+# The study at its own scale (docs/study.md): about 2 hours on 2 cores; it writes results/, so run it in its own clone.
+study: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/study.yaml
 
 report: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --report results/report.html
