@@ -135,11 +135,11 @@ WORKFLOW_ONLY = {
 GRID = {"unet.lr": field(UnetParams, "lr"), "unet.dropout": field(UnetParams, "dropout"),
         "unet.augment": field(UnetParams, "augment")}
 # Params fields with a default and no config key: a run's wildcard, a flag its rule sets, or plotting.
-FIELDS_WITHOUT_KEY = {"GanParams.sigma", "GanParams.seed", "GanParams.public", "GanParams.sample_every"}
+FIELDS_WITHOUT_KEY = {"GanParams.sigma", "GanParams.seed", "GanParams.public", "GanParams.placebo_run", "GanParams.sample_every"}
 # Options with a default and no config key (or a grid's, as above: the rule passes each setting's value).
 OPTIONS_WITHOUT_KEY = {
     ("", "--verbose"), ("epsilon", "--accountant"), ("epsilon", "--json"), ("metrics", "--json"),
-    ("train-gan", "--public"), ("train-unet", "--lr"), ("train-unet", "--dropout"), ("train-unet", "--augment"),
+    ("train-gan", "--public"), ("train-gan", "--placebo-run"), ("train-unet", "--lr"), ("train-unet", "--dropout"), ("train-unet", "--augment"),
     ("predict", "--batch-size"), ("tsne", "--perplexity"),
     ("profiles", "--profiles"),  # `make profiles` links the repository's profiles/ folder
 }

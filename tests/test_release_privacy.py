@@ -295,3 +295,13 @@ def test_epsilon_command_per_patient(capsys) -> None:
     assert main(["epsilon", "--sigma", "2", "--sample-rate", "0.01", "--steps", "100", "--delta", "1e-5",
                  "--patches-per-patient", "400"]) == 0
     assert "vacuous" in capsys.readouterr().out
+
+
+def test_a_placebo_run_draws_secret_streams_of_its_own() -> None:
+    """Same key, sigma and seed: the placebo's noise and sampling are not its private twin's, so nothing derived
+    from the placebo (on public data) reveals the private run's noise; other runs keep their stream names."""
+    key = bytes(range(32))
+    private = [derive_seed(key, run_name(PARAMS), s) for s in SECRET_STREAMS]
+    placebo = [derive_seed(key, run_name(replace(PARAMS, placebo_run=True)), s) for s in SECRET_STREAMS]
+    assert not set(private) & set(placebo)
+    assert "placebo_run" not in run_name(PARAMS)

@@ -515,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pretrained", type=Path, help="generator.pt of a --public run to start from (warm start)")
     p.add_argument(
+        "--placebo-run", action="store_true",
+        help="a placebo run on a public stand-in: secret streams of its own, never those of the private run",
+    )
+    p.add_argument(
         "--private-blocks", type=int,
         help="train only the critic's last N of 6 blocks (with --pretrained; the others keep the warm start's public "
         "weights); default: every block. Ignored with --public, which trains every block",

@@ -62,11 +62,12 @@ rule gan:
         gpu=1,
     params:
         options=f"{gan_options(GAN['epochs'], PRIVACY['unit'])} {private_blocks_option()}".strip(),
+        placebo=lambda wildcards: "--placebo-run" if wildcards.kind == "placebo" else "",
         warm_start=lambda wildcards, input: (
             f"--pretrained {input.warm_start}" if "warm_start" in input.keys() else ""
         ),
         out_dir=lambda wildcards, output: os.path.dirname(output.generator),
     shell:
         "dpmra train-gan --train-set {input.train_set} --secret {input.secret} {params.warm_start} "
-        "--sigma {wildcards.sigma} --seed {wildcards.seed} {params.options} "
+        "--sigma {wildcards.sigma} --seed {wildcards.seed} {params.options} {params.placebo} "
         "--threads {threads} --out {params.out_dir} > {log} 2>&1"

@@ -56,6 +56,9 @@ class GanParams:
     private_blocks: int | None = None
     """The critic's last blocks trained in a warm-started run; the others keep the warm start's public weights.
     None trains every block."""
+    placebo_run: bool = False
+    """A placebo run (a public stand-in for the training set): its secret streams are its own, so its outputs say
+    nothing about the noise of the private run with the same settings."""
     sample_every: int = 1
     """Write a sample grid every this many epochs (and after the last)."""
 
