@@ -24,7 +24,7 @@ from conftest import ROOT
 from dpmra.cli import build_parser
 from dpmra.data.patches import training_set
 from dpmra.evaluation.quality import tsne_embedding
-from dpmra.generators.params import GanParams
+from dpmra.generators.params import GanParams, PeParams
 from dpmra.release.params import ReleaseParams, Validation
 from dpmra.segmentation.params import UnetParams
 from dpmra.segmentation.predict import predict_patients, predict_probability, predict_volume
@@ -82,11 +82,14 @@ CODE = {
     "gan.width": [field(GanParams, "width_g"), field(GanParams, "width_d"), option("train-gan", "--width")],
     "gan.latent_dim": [field(GanParams, "latent_dim"), option("train-gan", "--latent-dim")],
     "gan.mode": [field(GanParams, "mode"), option("train-gan", "--mode")],
-    "gan.delta": [field(GanParams, "delta"), option("train-gan", "--delta")],
+    "gan.delta": [field(GanParams, "delta"), option("train-gan", "--delta"), field(PeParams, "delta")],
     "gan.private_blocks": [field(GanParams, "private_blocks"), option("train-gan", "--private-blocks")],
     "gan.intensity": [option("training-set", "--intensity"), parameter(training_set, "intensity")],
-    "privacy.secret": [option("train-gan", "--secret")],
-    "privacy.unit": [field(GanParams, "unit"), option("train-gan", "--unit"), option("epsilon", "--unit")],
+    "privacy.secret": [option("train-gan", "--secret"), option("train-pe", "--secret")],
+    "privacy.unit": [
+        field(GanParams, "unit"), option("train-gan", "--unit"), option("epsilon", "--unit"), field(PeParams, "unit"),
+        option("train-pe", "--unit"),
+    ],
     "privacy.patient_batch": [field(GanParams, "patient_batch"), option("train-gan", "--patient-batch")],
     "privacy.patient_patches": [field(GanParams, "patient_patches"), option("train-gan", "--patient-patches")],
     "unet.batch_size": [field(UnetParams, "batch_size"), option("train-unet", "--batch-size")],
@@ -118,6 +121,12 @@ CODE = {
     "audit.bootstrap": [option("audit", "--n-bootstrap")],
     "audit.seed": [option("audit", "--seed")],
     "audit.dp.canaries": [option("audit-dp run", "--canaries")],
+    "pe.api": [field(PeParams, "api"), option("train-pe", "--api")],
+    "pe.iterations": [field(PeParams, "iterations"), option("train-pe", "--iterations")],
+    "pe.candidates": [field(PeParams, "candidates"), option("train-pe", "--candidates")],
+    "pe.threshold": [field(PeParams, "threshold"), option("train-pe", "--threshold")],
+    "pe.variation": [field(PeParams, "variation"), option("train-pe", "--variation")],
+    "pe.widen": [field(PeParams, "widen"), option("train-pe", "--widen")],
 }
 # Schema defaults only the workflow reads (common.smk and the rules): no code default to agree with.
 WORKFLOW_ONLY = {
@@ -130,16 +139,20 @@ WORKFLOW_ONLY = {
     "synth.n",  # null: as many pairs as the training set (--n is required)
     "quality.fd_samples", "quality.tsne_per_group",  # required --n and --n-per-group
     "audit.dp.runs",  # which GAN runs the DP audit trains again
+    "pe.epsilons", "pe.placebo",  # Private Evolution's runs: the sigma wildcard of kinds pe and pe-placebo
 }
 # The U-Net grid: lists in the schema (one U-Net per combination); a single run's default is one of their values.
 GRID = {"unet.lr": field(UnetParams, "lr"), "unet.dropout": field(UnetParams, "dropout"),
         "unet.augment": field(UnetParams, "augment")}
 # Params fields with a default and no config key: a run's wildcard, a flag its rule sets, or plotting.
-FIELDS_WITHOUT_KEY = {"GanParams.sigma", "GanParams.seed", "GanParams.public", "GanParams.placebo_run", "GanParams.sample_every"}
+FIELDS_WITHOUT_KEY = {
+    "GanParams.sigma", "GanParams.seed", "GanParams.public", "GanParams.placebo_run", "GanParams.sample_every",
+    "PeParams.sigma", "PeParams.seed", "PeParams.placebo_run",
+}
 # Options with a default and no config key (or a grid's, as above: the rule passes each setting's value).
 OPTIONS_WITHOUT_KEY = {
     ("", "--verbose"), ("epsilon", "--accountant"), ("epsilon", "--json"), ("metrics", "--json"),
-    ("train-gan", "--public"), ("train-gan", "--placebo-run"), ("train-unet", "--lr"), ("train-unet", "--dropout"), ("train-unet", "--augment"),
+    ("train-gan", "--public"), ("train-gan", "--placebo-run"), ("train-pe", "--placebo-run"), ("train-unet", "--lr"), ("train-unet", "--dropout"), ("train-unet", "--augment"),
     ("predict", "--batch-size"), ("tsne", "--perplexity"),
     ("profiles", "--profiles"),  # `make profiles` links the repository's profiles/ folder
 }
@@ -183,7 +196,7 @@ def test_a_single_u_net_run_defaults_to_a_value_of_the_grid(key: str):
 
 def test_every_params_field_with_a_default_is_tabled():
     tabled = {place for places in [*CODE.values(), GRID.values()] for place, _ in places}
-    for params in (GanParams, UnetParams, ReleaseParams, Validation):
+    for params in (GanParams, PeParams, UnetParams, ReleaseParams, Validation):
         for f in dataclasses.fields(params):
             if f.default is not dataclasses.MISSING:
                 name = f"{params.__name__}.{f.name}"
@@ -199,7 +212,7 @@ def test_every_option_with_a_default_is_tabled():
 
 def test_every_params_field_is_the_option_of_its_name():
     """The command line builds a params class from the options named as its fields (`dpmra.cli.params_from`)."""
-    commands = {GanParams: "train-gan", UnetParams: "train-unet", ReleaseParams: "synth"}
+    commands = {GanParams: "train-gan", PeParams: "train-pe", UnetParams: "train-unet", ReleaseParams: "synth"}
     others = {"GanParams.width_g", "GanParams.width_d", "GanParams.sample_every"}  # --width; not an option
     found = options()
     for params, command in commands.items():

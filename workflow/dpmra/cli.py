@@ -15,7 +15,7 @@ from pathlib import Path
 # Defaults come from the torch-free params modules (each written once there); tests/test_defaults.py checks
 # them, and the defaults written here for options without a params class, against the config schema.
 from dpmra.features.backbones import AUTO
-from dpmra.generators.params import GanParams
+from dpmra.generators.params import GanParams, PeParams
 from dpmra.release.params import CHECKPOINT_CHOICES, ReleaseParams, Validation
 from dpmra.segmentation.params import LOSSES, OVERLAP, PREDICT_BATCH, THRESHOLD, UnetParams
 
@@ -134,6 +134,17 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         GanParams, args, width_g=args.width, width_d=args.width, delta=delta, private_blocks=private_blocks
     )
     train_gan(args.train_set, args.out, params, args.secret, args.pretrained)
+
+
+def cmd_train_pe(args: argparse.Namespace) -> None:
+    """Run Private Evolution on a training set."""
+    from dpmra.generators.pe import train_pe
+    from dpmra.privacy.delta import PAPER_DELTA
+
+    set_torch_threads(args.threads)
+    delta = args.delta if args.delta in (None, PAPER_DELTA) else float(args.delta)
+    params = params_from(PeParams, args, delta=delta)
+    train_pe(args.train_set, args.out, params, args.secret, args.generator)
 
 
 def cmd_secret_key(args: argparse.Namespace) -> None:
@@ -530,6 +541,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints/ resume a killed run)")
     p.set_defaults(func=cmd_train_gan)
+
+    p = sub.add_parser("train-pe", help="run Private Evolution (noisy votes for public candidates) on a training set")
+    p.add_argument("--train-set", type=Path, required=True, help=".npz with x (N, 2, P, P) and patient (N,)")
+    p.add_argument("--sigma", type=positive_float, required=True, help="noise std on every vote count; inf = none")
+    p.add_argument("--seed", type=int, required=True, help="run index: seeds the public streams only")
+    p.add_argument("--api", choices=("simulator", "generator"), default=PeParams.api, help="the public candidate maker")
+    p.add_argument("--generator", type=Path, help="generator.pt of the public warm start (--api generator)")
+    p.add_argument("--iterations", type=int, default=PeParams.iterations, help="T rounds of votes")
+    p.add_argument("--candidates", type=int, default=PeParams.candidates, help="M candidates per round")
+    p.add_argument("--threshold", type=float, default=PeParams.threshold, help="drop counts below this x sigma")
+    p.add_argument("--variation", type=float, default=PeParams.variation, help="first round's variation scale")
+    p.add_argument("--widen", type=float, default=PeParams.widen, help="simulator: the public site's ranges widened")
+    p.add_argument("--unit", choices=("patch", "patient"), default=PeParams.unit, help="privacy unit")
+    p.add_argument("--delta", help="a number <= 1/N, or 1/N; default: 1/(10 N) rounded down")
+    p.add_argument("--placebo-run", action="store_true", help="a placebo on a public stand-in: noise of its own")
+    p.add_argument("--secret", type=Path, default=SECRET, help="key file seeding the noise (keep it private)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", type=Path, required=True, help="output directory: generator.pt, epochs.tsv")
+    p.set_defaults(func=cmd_train_pe)
 
     p = sub.add_parser("secret-key", help="create the secret key file for the DP randomness (if it does not exist)")
     p.add_argument("--out", type=Path, required=True, help="key file (32 random bytes, mode 0600)")

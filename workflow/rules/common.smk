@@ -10,6 +10,8 @@ from dpmra.privacy.plan import (
     epsilon_sigmas,
     gan_sigmas,
     parse_sigma,
+    pe_placebo_sigmas,
+    pe_sigmas,
     placebo_sigmas,
     sampling,
     sigma_label,
@@ -37,11 +39,11 @@ def public_cohorts(n_train: int) -> dict[str, dict | None]:
     phantom = data.get("phantom") or {}
     warm = data["source"] == "phantom" or gan["pretrain"]["set"] == "phantom"
     cohorts = {"public": phantom.get("public") if warm else None, "placebo": None}
-    if gan["placebo"]:
+    if gan["placebo"] or config["pe"]["placebo"]:
         if not phantom.get("placebo"):
             raise ValueError(
-                "gan.placebo asks for placebo runs but data.phantom.placebo is null: set it to a public site "
-                "no split uses (e.g. {site: C}), or gan.placebo to []"
+                "gan.placebo or pe.placebo asks for placebo runs but data.phantom.placebo is null: set it to a "
+                "public site no split uses (e.g. {site: C}), or gan.placebo and pe.placebo to []"
             )
         cohorts["placebo"] = {"site": phantom["placebo"]["site"], "patients": n_train}
     return cohorts
@@ -103,6 +105,15 @@ PLACEBO_SIGMAS = placebo_sigmas(GAN, EPSILON_SIGMAS)
 PLACEBO_SOURCES = expand(
     "placebo~{sigma}/seed~{seed}", sigma=PLACEBO_SIGMAS, seed=GAN["seeds"]
 )
+# Private Evolution runs (pe.epsilons, every gan seed) and their placebos, at the GAN runs' delta.
+PE = config["pe"]
+PE_SIGMAS = pe_sigmas(PE, SAMPLING.delta)
+PE_SOURCES = expand("pe~{sigma}/seed~{seed}", sigma=PE_SIGMAS.values(), seed=GAN["seeds"])
+PE_PLACEBO_SOURCES = expand(
+    "pe-placebo~{sigma}/seed~{seed}",
+    sigma=pe_placebo_sigmas(PE, PE_SIGMAS),
+    seed=GAN["seeds"],
+)
 QUALITY = config["quality"]
 AUDIT = config["audit"]
 # Frechet distances to held-out patients use the test split (the paper's), else validation.
@@ -140,6 +151,8 @@ UNET_SOURCES = [
     "real",
     *GAN_SOURCES,
     *PLACEBO_SOURCES,
+    *PE_SOURCES,
+    *PE_PLACEBO_SOURCES,
     *(["public"] if WARM_START else []),
 ]
 EVAL_SPLITS = [s for s in ("val", "test", "external") if patients_in(s)]
@@ -153,8 +166,8 @@ wildcard_constraints:
     patient="|".join(patients.index),
     sigma=r"inf|[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
-    kind=r"sigma|placebo",
-    source=r"real|public|(sigma|placebo)~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
+    kind=r"sigma|placebo|pe|pe-placebo",
+    source=r"real|public|(sigma|placebo|pe|pe-placebo)~(inf|[0-9]+(\.[0-9]+)?)/seed~[0-9]+",
     setting=r"lr-[^/]+_dropout-[^/]+_augment-(on|off)",
     split="|".join(EVAL_SPLITS),
 
@@ -231,6 +244,20 @@ def gan_inputs(wildcards) -> dict[str, str]:
     }
     if WARM_START:
         inputs["warm_start"] = WARM_START
+    return inputs
+
+
+def pe_inputs(wildcards) -> dict[str, str]:
+    """A PE run's training set (the private one, or the public stand-in of its placebo), the key, and the public
+    warm-start generator its generator API proposes from."""
+    cohort = "placebo" if wildcards.kind == "pe-placebo" else "train"
+    inputs = {"train_set": f"results/patches/{cohort}_set.npz", "secret": PRIVACY["secret"]}
+    if PE["api"] == "generator":
+        if not WARM_START:
+            raise ValueError(
+                "pe.api generator proposes from the public warm start: set gan.pretrain.set, or pe.api: simulator"
+            )
+        inputs["generator"] = WARM_START
     return inputs
 
 
@@ -384,9 +411,9 @@ def dp_audit_targets() -> list[str]:
 
 # Folder arguments. A command that takes a folder (--data results/data, --metrics results/metrics) reads files
 # its job declares as inputs; the folder is read off those inputs, so each path is spelt once, in the input.
-# A training source as components of a path: real, public, sigma~S/seed~N or placebo~S/seed~N ([/]: a slash).
+# A training source as components of a path: real, public, or {sigma,placebo,pe,pe-placebo}~S/seed~N ([/]: a slash).
 SOURCE_IN_PATH = re.compile(
-    r"[/](?:real|public|(?:sigma|placebo)~[^/]+/seed~[0-9]+)(?=/|$)"
+    r"[/](?:real|public|(?:sigma|placebo|pe|pe-placebo)~[^/]+/seed~[0-9]+)(?=/|$)"
 )
 
 

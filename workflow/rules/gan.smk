@@ -48,6 +48,8 @@ rule gan:
             subcategory="Samples",
             labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}"},
         ),
+    wildcard_constraints:
+        kind=r"sigma|placebo",
     log:
         "results/logs/gan/{kind}~{sigma}/seed~{seed}.log",
     benchmark:

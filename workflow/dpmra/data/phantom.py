@@ -578,17 +578,18 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
 
 
 def make_subject(
-    site: str,
+    site: str | Site,
     seed: int,
     shape: tuple[int, int, int] | None = None,
     scalp: bool | None = None,
     slow_flow_signal: float | None = None,
 ) -> Subject:
     """Generate one deterministic phantom subject; shape overrides the site's grid, scalp and slow_flow_signal its
-    default look (slow_flow_signal 1: every branch keeps its full contrast, as before slow flow existed)."""
-    site_params = _get_site(site)
+    default look (slow_flow_signal 1: every branch keeps its full contrast, as before slow flow existed); a Site
+    object renders a site that is not in SITES (Private Evolution's candidates)."""
+    site_params = site if isinstance(site, Site) else _get_site(site)
     geom = _geometry(site_params, shape, _use_scalp(site_params, scalp))
-    streams = _streams(site, seed)
+    streams = _streams(site_params.name, seed)
     segments = _grow_tree(geom, streams["tree"])
     kept = site_params.slow_flow_signal if slow_flow_signal is None else slow_flow_signal
     fraction, bright, label = _render_vessels(segments, geom, kept)
@@ -610,7 +611,7 @@ def make_subject(
         label=label.astype(np.uint8),
         brain_mask=brain_mask.astype(np.uint8),
         affine=_affine_for(site_params.spacing_mm, geom.shape),
-        site=site,
+        site=site_params.name,
         seed=int(seed),
         segments=segments,
         scalp=layers,

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 TABLE1_SPLITS = ("test", "external")
 SOURCE = re.compile(r"sigma~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
+FAMILIES = {"sigma": "dp-wgan", "pe": "pe"}
+"""Source prefix of each DP family's released runs (their placebos: `placebo~`, `pe-placebo~`)."""
+RUN = re.compile(r"(?<![\w-])(?P<prefix>sigma|pe)~(?P<sigma>inf|[0-9]+(?:\.[0-9]+)?)/seed~(?P<seed>[0-9]+)")
 PRIVACY_COLUMNS = [
     "source",
     "sigma",
@@ -90,15 +93,17 @@ def summarise(metrics_root: Path, sources: list[str], settings: list[str], split
 
 
 def final_epsilon(epochs_tsv: Path) -> float:
-    """The valid RDP epsilon after a GAN's last epoch."""
-    return float(pd.read_csv(epochs_tsv, sep="\t")["epsilon_rdp"].iloc[-1])
+    """The epsilon a run reports after its last epoch: the exact GDP value where it has one (Private Evolution),
+    else the RDP bound (DP-WGAN)."""
+    table = pd.read_csv(epochs_tsv, sep="\t")
+    return float(table["epsilon_gdp" if "epsilon_gdp" in table else "epsilon_rdp"].iloc[-1])
 
 
 TABLE1_COLUMNS = [
     "source", "split", "epsilon", "dsc_mean", "dsc_sd", "bahd_mean", "bahd_sd", "bahd_n", "bahd_n_inf", "private_gain"
 ]
 GAIN_COLUMNS = [
-    "sigma", "split", "epsilon", "seeds", "private_dsc_mean", "placebo_dsc_mean", "private_gain_mean", "private_gain_sd"
+    "family", "sigma", "split", "epsilon", "seeds", "private_dsc_mean", "placebo_dsc_mean", "private_gain_mean", "private_gain_sd"
 ]
 
 
@@ -136,12 +141,16 @@ def with_private_gain(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def private_gain(table: pd.DataFrame) -> pd.DataFrame:
-    """Per sigma and split: mean DSC of the private runs and their placebos, and the gain's mean and SD over seeds."""
+    """Per family, sigma and split: mean DSC of the private runs and their placebos, and the gain's mean and SD
+    over seeds."""
     paired = table.dropna(subset=["private_gain"]).copy()
-    paired["sigma"] = [parse_source(s)[0] for s in paired["source"]]
+    runs = [parse_run(s) for s in paired["source"]]
+    paired["family"] = [run[0] for run in runs]
+    paired["sigma"] = [run[1] for run in runs]
     paired["placebo_dsc"] = paired["dsc_mean"] - paired["private_gain"]
     rows = [
         {
+            "family": family,
             "sigma": sigma,
             "split": split,
             "epsilon": runs["epsilon"].mean(),
@@ -151,9 +160,10 @@ def private_gain(table: pd.DataFrame) -> pd.DataFrame:
             "private_gain_mean": runs["private_gain"].mean(),
             "private_gain_sd": runs["private_gain"].std(ddof=1),
         }
-        for (sigma, split), runs in paired.groupby(["sigma", "split"], sort=False)
+        for (family, sigma, split), runs in paired.groupby(["family", "sigma", "split"], sort=False)
     ]
-    return pd.DataFrame(rows, columns=GAIN_COLUMNS).sort_values(["split", "epsilon"], ascending=[True, False])
+    table = pd.DataFrame(rows, columns=GAIN_COLUMNS)
+    return table.sort_values(["split", "family", "epsilon"], ascending=[True, True, False])
 
 
 def write_tables(
@@ -178,6 +188,13 @@ def parse_source(source: str) -> tuple[str, int] | None:
     """(sigma label, seed) of a synthetic source `sigma~S/seed~N` (anywhere in a path); None for others."""
     match = SOURCE.search(str(source))
     return (match["sigma"], int(match["seed"])) if match else None
+
+
+def parse_run(source: str) -> tuple[str, str, int] | None:
+    """(family, sigma label, seed) of a released DP run, `sigma~S/seed~N` (dp-wgan) or `pe~S/seed~N` (pe); None
+    for others (real, public, the placebos)."""
+    match = RUN.search(str(source))
+    return (FAMILIES[match["prefix"]], match["sigma"], int(match["seed"])) if match else None
 
 
 def sigma_value(label: str) -> float:

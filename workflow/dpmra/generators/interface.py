@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dpmra.generators.generator import Generator, build_generator, sample_pairs
+from dpmra.generators.pe_apis import sample_release
 from dpmra.shared import checkpoint
 from dpmra.shared.devices import default_device
 
@@ -32,6 +33,7 @@ COLUMNS = [
     "seconds",
 ]
 PAPER_COLUMNS = ["epsilon_rdp_paper"]
+EXACT_COLUMNS = ["epsilon_gdp"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,10 @@ def load_training_set(path: Path) -> TrainingData:
 
 
 
-def write_epochs_table(rows: list[dict[str, float]], path: Path, paper: bool) -> None:
-    """epochs.tsv: the fixed columns (plus the paper's epsilon in paper mode), one row per epoch."""
-    columns = COLUMNS + (PAPER_COLUMNS if paper else [])
+def write_epochs_table(rows: list[dict[str, float]], path: Path, paper: bool, exact: bool = False) -> None:
+    """epochs.tsv: the fixed columns (plus the paper's epsilon in paper mode, the exact GDP epsilon of Private
+    Evolution), one row per epoch (PE: per round)."""
+    columns = COLUMNS + (PAPER_COLUMNS if paper else []) + (EXACT_COLUMNS if exact else [])
     table = pd.DataFrame(rows, columns=columns)
     tmp = path.with_name(f".{path.name}.tmp")
     table.to_csv(tmp, sep="\t", index=False)
@@ -109,7 +112,10 @@ def sample_generator(generator_path: Path, n: int, seed: int, batch_size: int = 
 
 
 def generate(stored: dict, n: int, seed: int) -> np.ndarray:
-    """n pairs (n, 2, P, P) in [-1, 1] from a stored generator (config and weights), deterministic from the seed."""
+    """n pairs (n, 2, P, P) in [-1, 1] from a stored generator (config and weights) or a Private Evolution release
+    (its population and API), deterministic from the seed."""
+    if stored.get("family") == "pe":
+        return sample_release(stored, n, seed)
     generator = build_generator(stored["config"], stored["state_dict"], default_device())
     return sample_pairs(generator, n, seed, batch_size=512)
 

@@ -1,4 +1,4 @@
-"""Every setting of one GAN run (`GanParams`), torch-free so that the command line can read its defaults.
+"""Every setting of one GAN run (`GanParams`) and one Private Evolution run (`PeParams`), torch-free so that the command line can read its defaults.
 
 The config schema's `gan.*` and `privacy.*` defaults are these (`tests/test_defaults.py` fails when they differ).
 """
@@ -100,3 +100,39 @@ class GanParams:
     @property
     def private(self) -> bool:
         return math.isfinite(self.sigma)
+
+
+@dataclass(frozen=True)
+class PeParams:
+    """Every setting of one Private Evolution run."""
+
+    sigma: float = math.inf
+    """Noise std on every vote count (sensitivity 1 per privacy unit); math.inf: no noise (not private)."""
+    iterations: int = 3
+    """T: rounds of votes, each one Gaussian mechanism."""
+    candidates: int = 32
+    """M: candidates per round."""
+    threshold: float = 2.0
+    """Counts below threshold x sigma are dropped (H)."""
+    variation: float = 0.5
+    """Variation scale of the first round; halved every round."""
+    api: str = "simulator"
+    widen: float = 2.0
+    """Simulator API: the public site's values divided and multiplied by this."""
+    unit: str = "patch"
+    seed: int = 0
+    """The run index: seeds the public streams (candidates, variations, resampling)."""
+    delta: float | str | None = None
+    placebo_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.candidates < 2 or self.threshold < 0 or not 0 < self.variation <= 1:
+            raise ValueError("PE needs iterations >= 1, candidates >= 2, threshold >= 0 and 0 < variation <= 1")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be positive (math.inf: no noise), got {self.sigma}")
+        if self.api not in ("simulator", "generator") or self.unit not in ("patch", "patient"):
+            raise ValueError(f"api must be simulator or generator and unit patch or patient, got {self.api}, {self.unit}")
+
+    def scale(self, iteration: int) -> float:
+        """The variation scale after round `iteration` (1-based): halved each round."""
+        return self.variation * 0.5 ** (iteration - 1)

@@ -91,9 +91,16 @@ PLACEBO_PREFIX = "placebo~"
 """A placebo's source name: its private run's `sigma~S/seed~N` with this prefix instead of `sigma~`."""
 
 
+PE_PREFIX, PE_PLACEBO_PREFIX = "pe~", "pe-placebo~"
+
+
 def placebo_source(source: str) -> str | None:
-    """The placebo of a private run's source `sigma~S/seed~N` (placebo~S/seed~N); None for any other source."""
-    return PLACEBO_PREFIX + source[len("sigma~"):] if source.startswith("sigma~") else None
+    """The placebo of a private run's source: placebo~S/seed~N for the DP-WGAN's sigma~S/seed~N, pe-placebo~S/seed~N
+    for Private Evolution's pe~S/seed~N; None for any other source."""
+    for private, placebo in (("sigma~", PLACEBO_PREFIX), (PE_PREFIX, PE_PLACEBO_PREFIX)):
+        if source.startswith(private):
+            return placebo + source[len(private):]
+    return None
 
 
 def placebo_sigmas(gan: dict, by_epsilon: dict[float, str]) -> list[str]:
@@ -125,3 +132,22 @@ def unet_settings(unet: dict) -> dict[str, dict]:
         for dropout in unet["dropout"]
         for augment in unet["augment"]
     }
+
+
+def pe_sigmas(pe: dict, delta: float) -> dict[float, str]:
+    """Private Evolution's sigma label per target epsilon (exact GDP at `delta` over pe.iterations rounds, sigma
+    rounded up), and `inf` for a run without noise."""
+    from dpmra.privacy.gdp import solve_pe_sigma
+
+    return {
+        float(eps): sigma_label(round_up(solve_pe_sigma(float(eps), pe["iterations"], delta)))
+        for eps in pe["epsilons"]
+    }
+
+
+def pe_placebo_sigmas(pe: dict, by_epsilon: dict[float, str]) -> list[str]:
+    """Sigma labels of the PE runs that get a placebo (pe.placebo: target epsilons of pe.epsilons)."""
+    missing = [value for value in pe["placebo"] if float(value) not in by_epsilon]
+    if missing:
+        raise ValueError(f"pe.placebo lists {missing}, not target epsilons of pe.epsilons {pe['epsilons']}")
+    return [by_epsilon[float(value)] for value in pe["placebo"]]

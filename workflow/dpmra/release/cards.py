@@ -95,9 +95,14 @@ def _bound(epsilon: float, delta: float) -> dict:
     return {"epsilon": epsilon, "delta": delta}
 
 
+def reported_epsilon(stored: dict) -> float:
+    """The epsilon a run reports: Private Evolution's exact GDP value, the DP-WGAN's RDP bound."""
+    return stored["epsilon"].get("epsilon_gdp", stored["epsilon"]["epsilon_rdp"])
+
+
 def guarantee(stored: dict) -> dict:
     """The guarantee per patch and per patient, with a statement in plain words."""
-    eps, delta, unit = stored["epsilon"]["epsilon_rdp"], stored["delta"], stored["unit"]
+    eps, delta, unit = reported_epsilon(stored), stored["delta"], stored["unit"]
     k = stored["max_patches_per_patient"]
     if stored["params"].get("public"):
         statement = (
@@ -173,36 +178,94 @@ def card_warnings(stored: dict) -> list[str]:
     return warnings
 
 
+def api_description(api: dict) -> str:
+    """Private Evolution's public API in words: what proposes the candidates, and from what."""
+    if api["api"] == "simulator":
+        return (
+            f"the phantom simulator (Sim-PE): site {api['site']}'s public parameters (in-plane spacing, vessel "
+            f"contrast, noise, bias field) divided and multiplied by {api['widen']}, slow-flow signal in "
+            f"[1/{api['widen']}, 1], a fresh anatomy per candidate; {api['per_candidate']} pairs cut from each "
+            "rendered subject as the real patients' are. In the demo the private cohort comes from the same "
+            "simulator family; on real data the simulator's realism bounds what PE can reach"
+        )
+    return (
+        "the public warm-start generator (trained without noise on the public cohort only): candidates are its "
+        "latent vectors z ~ N(0, I), variations z' = sqrt(1 - a^2) z + a e"
+    )
+
+
+def pe_mechanism(stored: dict) -> dict:
+    """The card's account of a Private Evolution run: API, rounds, noise, threshold, embedding, unit, accounting."""
+    params = stored["params"]
+    return {
+        "family": "Private Evolution (Lin et al. 2024; Sim-PE 2025)",
+        "api": api_description(stored["api"]),
+        "iterations": params["iterations"],
+        "candidates": params["candidates"],
+        "sigma": _json_sigma(params["sigma"]),
+        "threshold": params["threshold"] * params["sigma"] if math.isfinite(params["sigma"]) else 0.0,
+        "embedding": stored["embedding"],
+        "votes": "one vote per patch" if stored["unit"] == "patch"
+        else "each patient's vote vector scaled to L2 norm at most 1",
+        "accounting": "each round adds N(0, sigma^2) to every count of a vote histogram of L2 sensitivity 1 (adding "
+        "or removing one privacy unit); T rounds compose to mu-GDP with mu = sqrt(T) / sigma. epsilon.gdp is the "
+        "exact conversion at delta (reported); epsilon.rdp and epsilon.prv are Opacus' accountants of the same T "
+        "Gaussian mechanisms",
+        "released": "the last population of candidates (and the public API); only the noisy histograms touched "
+        "the private data",
+    }
+
+
+def dpsgd_mechanism(stored: dict) -> dict:
+    """The card's account of a DP-WGAN run: DP-SGD on the critic, its sampling and steps."""
+    params = stored["params"]
+    return {
+        "accountants": "rdp: Renyi DP of the Poisson-subsampled Gaussian (the paper's orders); "
+        "prv: privacy random variables (Opacus), a tighter estimate",
+        "sample_rate": stored["sample_rate"],
+        "batch_size": params["batch_size"],
+        "critic_steps": stored["critic_steps"],
+        "n_critic": params["n_critic"],
+        "max_grad_norm": params["max_grad_norm"],
+    }
+
+
+PE_SECRET = {
+    "secret_streams": ["Gaussian noise on the vote histograms"],
+    "public_streams": ["candidates, variations and resampling (run seed)", "the sampling of this release"],
+    "keep_private": [
+        "the secret key file (config privacy.secret): it seeds the secret stream",
+        "the training data and everything derived from them outside this release",
+    ],
+}
+
+
 def privacy_card(stored: dict, release: ReleaseParams, dataset_name: str, scores: list[dict]) -> dict:
     """What a data steward needs to decide on sharing: the mechanism, its accounting, and the release.
 
     The run seed is not on the card: it seeds public streams only, and the card names no secret.
     """
     params = stored["params"]
-    config = {"gan": params, "release": asdict(release)}
+    pe = stored.get("family") == "pe"
+    config = {"pe" if pe else "gan": params, "release": asdict(release)}
     return {
         "dataset": dataset_name,
+        "family": "pe" if pe else "dp-wgan",
         "sigma": _json_sigma(params["sigma"]),
         "mode": params["mode"],
         "privacy_unit": stored["unit"],
         "epsilon": {name.removeprefix("epsilon_"): _json_epsilon(v) for name, v in stored["epsilon"].items()},
         "delta": stored["delta"],
         "guarantee": guarantee(stored),
-        "public_pretraining": public_pretraining(stored),
-        "frozen_public_blocks": frozen_public_blocks(stored),
+        "public_pretraining": None if pe else public_pretraining(stored),
+        "frozen_public_blocks": None if pe else frozen_public_blocks(stored),
         "warnings": card_warnings(stored),
-        "secret": SECRET,
-        "accountants": "rdp: Renyi DP of the Poisson-subsampled Gaussian (the paper's orders); "
-        "prv: privacy random variables (Opacus), a tighter estimate",
-        "sample_rate": stored["sample_rate"],
+        "secret": PE_SECRET if pe else SECRET,
+        **({"mechanism": pe_mechanism(stored)} if pe else dpsgd_mechanism(stored)),
         "training_set_size": stored["training_set_size"],
         "privacy_units": stored["units"],
         "max_patches_per_patient": stored["max_patches_per_patient"],
-        "batch_size": params["batch_size"],
-        "critic_steps": stored["critic_steps"],
         "epochs": stored["epochs"],
-        "n_critic": params["n_critic"],
-        "max_grad_norm": params["max_grad_norm"],
         "release": {
             "checkpoint": checkpoint_description(stored, scores),
             "n": release.n,
@@ -247,7 +310,7 @@ def card_columns(path: Path) -> dict:
             "source": source,
             "sigma": float(card["sigma"]),
             "seed": int(source.rpartition("seed~")[2]),
-            "epsilon": card_epsilon(card["epsilon"]["rdp"]),
+            "epsilon": card_epsilon(card["epsilon"].get("gdp", card["epsilon"]["rdp"])),
         }
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a privacy card with sigma, seed and epsilon.rdp ({err!r})") from err

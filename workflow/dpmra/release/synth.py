@@ -85,7 +85,9 @@ def release_dataset(
     out_dir = Path(out_dir)
     stored = load_release(generator_path)
     generator, scores = stored, []
-    if release.checkpoint == "val_fd":
+    if release.checkpoint == "val_fd" and stored.get("family") == "pe":
+        log.info("%s: a Private Evolution run releases its last population; checkpoint val_fd does not apply", dataset_name)
+    elif release.checkpoint == "val_fd":
         if validation is None or not validation.patches:
             raise ValueError("checkpoint 'val_fd' needs the validation patients' patch files")
         generator, scores = choose_by_validation(Path(generator_path).parent, release, validation)
@@ -102,7 +104,8 @@ def release_dataset(
         image[:GALLERY_SIZE],
         label[:GALLERY_SIZE],
         out_dir / "gallery.png",
-        title=f"{dataset_name}: epsilon {eps.get('rdp')} (RDP), delta {card['delta']:.3g}",
+        title=f"{dataset_name}: epsilon {eps.get('gdp', eps.get('rdp'))} ({'GDP' if 'gdp' in eps else 'RDP'}), "
+        f"delta {card['delta']:.3g}",
     )
     write_json(card, out_dir / "privacy_card.json")
     log.info(
