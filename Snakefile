@@ -50,4 +50,4 @@ rule all:
 # shareable bundle (results/release/sigma~{sigma}/seed~{seed}/ and its .zip).
 rule release:
     input:
-        gan_runs("results/release/sigma~{sigma}/seed~{seed}.zip"),
+        released_runs("results/release/{kind}~{sigma}/seed~{seed}.zip"),

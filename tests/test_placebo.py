@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, snakemake
 
 from dpmra.data.manifest import phantom_table
-from dpmra.privacy.plan import placebo_sigmas
+from dpmra.privacy.plan import pe_sigmas, placebo_sigmas
 
 
 def test_stand_in_patients_are_fresh_public_site_patients():
@@ -45,7 +45,9 @@ def test_placebo_run_needs_no_private_patient(tmp_path: Path):
     """The placebo's GAN and release built from scratch: no private patient is rendered, prepared or cut, and no
     private training set exists at any point (it may as well be deleted)."""
     target = "results/synth/placebo~1/seed~0/privacy_card.json"
-    result = snakemake(tmp_path, target, "--configfile", str(ROOT / "config/test.yaml"))
+    pe_sigma = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]  # test.yaml's PE run and its placebo
+    pe_target = f"results/synth/pe-placebo~{pe_sigma}/seed~0/privacy_card.json"
+    result = snakemake(tmp_path, target, pe_target, "--configfile", str(ROOT / "config/test.yaml"))
     assert result.returncode == 0, result.stdout[-3000:]
     rendered = sorted(p.name for p in (tmp_path / "results/phantom").iterdir())
     public = ["C000"]  # test.yaml: one warm-start patient, then 3 stand-ins (as many as train)
@@ -55,3 +57,5 @@ def test_placebo_run_needs_no_private_patient(tmp_path: Path):
     stored = pd.read_csv(tmp_path / "results/gan/placebo~1/seed~0/epochs.tsv", sep="\t")
     card = json.loads((tmp_path / target).read_text())
     assert card["epsilon"]["rdp"] == pytest.approx(stored["epsilon_rdp"].iloc[-1])
+    pe_card = json.loads((tmp_path / pe_target).read_text())
+    assert pe_card["family"] == "pe" and pe_card["training_set_size"] == 120  # the 3 stand-ins' 40 pairs each

@@ -16,6 +16,8 @@ from conftest import ENV, ROOT, save, snakemake, toy_subject
 
 from dpmra.generators.interface import sample_generator
 from dpmra.privacy.accountants import epsilon
+from dpmra.privacy.gdp import gdp_epsilon, gdp_mu
+from dpmra.privacy.plan import pe_sigmas
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -259,7 +261,8 @@ def test_tiny_run_private_gain_is_private_minus_placebo(tiny_run):
     """Table 1's private_gain and private_gain.tsv, recomputed from the per-patient metrics of the selected U-Nets."""
     selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t").set_index("source")["setting"]
     table1 = pd.read_csv(tiny_run / "tables/table1.tsv", sep="\t").set_index(["source", "split"])
-    gains = pd.read_csv(tiny_run / "tables/private_gain.tsv", sep="\t", dtype={"sigma": str}).set_index(["sigma", "split"])
+    gains = pd.read_csv(tiny_run / "tables/private_gain.tsv", sep="\t", dtype={"sigma": str})
+    gains = gains.set_index(["family", "sigma", "split"])
     for split in ("test", "external"):
         dsc = {
             source: pd.read_csv(tiny_run / f"metrics/{source}/{selection[source]}/{split}.tsv", sep="\t")["dsc"].mean()
@@ -267,12 +270,39 @@ def test_tiny_run_private_gain_is_private_minus_placebo(tiny_run):
         }
         expected = dsc["sigma~1/seed~0"] - dsc["placebo~1/seed~0"]
         assert table1.loc[("sigma~1/seed~0", split), "private_gain"] == pytest.approx(expected, abs=1e-6)
-        assert gains.loc[("1", split), "private_gain_mean"] == pytest.approx(expected, abs=1e-6)
-        assert gains.loc[("1", split), "seeds"] == 1 and np.isnan(gains.loc[("1", split), "private_gain_sd"])
+        assert gains.loc[("dp-wgan", "1", split), "private_gain_mean"] == pytest.approx(expected, abs=1e-6)
+        assert gains.loc[("dp-wgan", "1", split), "seeds"] == 1
+        assert np.isnan(gains.loc[("dp-wgan", "1", split), "private_gain_sd"])
         assert np.isnan(table1.loc[("sigma~inf/seed~0", split), "private_gain"]), "no placebo for inf in test.yaml"
     placebo = json.loads((tiny_run / "synth/placebo~1/seed~0/privacy_card.json").read_text())
     private = json.loads((tiny_run / "synth/sigma~1/seed~0/privacy_card.json").read_text())
     assert placebo["epsilon"] == private["epsilon"], "same recipe, sigma, seed and number of pairs: same accounting"
+
+
+@pytest.mark.workflow
+def test_tiny_run_private_evolution(tiny_run):
+    """test.yaml's PE run at epsilon 10 (2 rounds of 4 candidates) and its placebo: the exact GDP epsilon in
+    epochs.tsv, on the card and in Table 1, a labelled release, and a private gain against the placebo."""
+    sigma = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]
+    source, placebo = f"pe~{sigma}/seed~0", f"pe-placebo~{sigma}/seed~0"
+    epochs = pd.read_csv(tiny_run / f"gan/{source}/epochs.tsv", sep="\t")
+    expected = gdp_epsilon(gdp_mu(float(sigma), 2), 8e-4)
+    assert epochs["epoch"].tolist() == [1, 2] and epochs["epsilon_gdp"].iloc[-1] == pytest.approx(expected)
+    assert 9.9 < expected <= 10.0
+    card = json.loads((tiny_run / f"synth/{source}/privacy_card.json").read_text())
+    assert card["family"] == "pe" and card["mechanism"]["iterations"] == 2 and card["mechanism"]["candidates"] == 4
+    assert card["epsilon"]["gdp"] == pytest.approx(expected) < card["epsilon"]["rdp"]
+    assert "critic_steps" not in card and "seed" not in card
+    with np.load(tiny_run / f"synth/{source}/dataset.npz") as npz:
+        assert npz["image"].shape == (120, 16, 16) and set(np.unique(npz["label"])) == {0, 1}
+    table1 = pd.read_csv(tiny_run / "tables/table1.tsv", sep="\t").set_index(["source", "split"])
+    gains = pd.read_csv(tiny_run / "tables/private_gain.tsv", sep="\t", dtype={"sigma": str})
+    for split in ("test", "external"):
+        row = table1.loc[(source, split)]
+        assert row["epsilon"] == pytest.approx(expected)
+        assert row["private_gain"] == pytest.approx(row["dsc_mean"] - table1.loc[(placebo, split), "dsc_mean"])
+        pe_gain = gains[(gains["family"] == "pe") & (gains["split"] == split)]
+        assert pe_gain["private_gain_mean"].item() == pytest.approx(row["private_gain"])
 
 
 @pytest.mark.workflow

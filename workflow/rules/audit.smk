@@ -1,18 +1,20 @@
 rule audit:
     input:
-        synthetic="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
+        synthetic="results/synth/{kind}~{sigma}/seed~{seed}/dataset.npz",
         train=expand("results/patches/{patient}.npz", patient=patients_in("train")),
         holdout=expand(
             "results/patches/{patient}.npz", patient=patients_in("val", "test")
         ),
     output:
-        summary="results/audit/sigma~{sigma}/seed~{seed}/audit.json",
-        dcr="results/audit/sigma~{sigma}/seed~{seed}/dcr.tsv",
-        near_copies="results/audit/sigma~{sigma}/seed~{seed}/near_copies.tsv",
+        summary="results/audit/{kind}~{sigma}/seed~{seed}/audit.json",
+        dcr="results/audit/{kind}~{sigma}/seed~{seed}/dcr.tsv",
+        near_copies="results/audit/{kind}~{sigma}/seed~{seed}/near_copies.tsv",
     log:
-        "results/logs/audit/sigma~{sigma}/seed~{seed}.log",
+        "results/logs/audit/{kind}~{sigma}/seed~{seed}.log",
     benchmark:
-        "results/benchmarks/audit/sigma~{sigma}/seed~{seed}.tsv"
+        "results/benchmarks/audit/{kind}~{sigma}/seed~{seed}.tsv"
+    wildcard_constraints:
+        kind=RELEASED_KINDS,
     conda:
         "../../envs/base.yaml"
     threads: 2

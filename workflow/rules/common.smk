@@ -108,7 +108,9 @@ PLACEBO_SOURCES = expand(
 # Private Evolution runs (pe.epsilons, every gan seed) and their placebos, at the GAN runs' delta.
 PE = config["pe"]
 PE_SIGMAS = pe_sigmas(PE, SAMPLING.delta)
-PE_SOURCES = expand("pe~{sigma}/seed~{seed}", sigma=PE_SIGMAS.values(), seed=GAN["seeds"])
+PE_SOURCES = expand(
+    "pe~{sigma}/seed~{seed}", sigma=PE_SIGMAS.values(), seed=GAN["seeds"]
+)
 PE_PLACEBO_SOURCES = expand(
     "pe-placebo~{sigma}/seed~{seed}",
     sigma=pe_placebo_sigmas(PE, PE_SIGMAS),
@@ -251,7 +253,10 @@ def pe_inputs(wildcards) -> dict[str, str]:
     """A PE run's training set (the private one, or the public stand-in of its placebo), the key, and the public
     warm-start generator its generator API proposes from."""
     cohort = "placebo" if wildcards.kind == "pe-placebo" else "train"
-    inputs = {"train_set": f"results/patches/{cohort}_set.npz", "secret": PRIVACY["secret"]}
+    inputs = {
+        "train_set": f"results/patches/{cohort}_set.npz",
+        "secret": PRIVACY["secret"],
+    }
     if PE["api"] == "generator":
         if not WARM_START:
             raise ValueError(
@@ -259,6 +264,20 @@ def pe_inputs(wildcards) -> dict[str, str]:
             )
         inputs["generator"] = WARM_START
     return inputs
+
+
+# The released runs' source prefixes: the DP-WGAN's sigma~ and Private Evolution's pe~ (placebos are never released).
+RELEASED_KINDS = r"sigma|pe"
+
+
+def released_runs(pattern: str) -> list[str]:
+    """`pattern` ({kind}, {sigma}, {seed}) over every released run, the DP-WGAN's (sigma~) and PE's (pe~)."""
+    runs = [("sigma", s) for s in SIGMAS] + [("pe", s) for s in PE_SIGMAS.values()]
+    return [
+        pattern.format(kind=kind, sigma=sigma, seed=seed)
+        for kind, sigma in runs
+        for seed in GAN["seeds"]
+    ]
 
 
 def gan_runs(pattern: str) -> list[str]:
@@ -362,7 +381,7 @@ def all_targets() -> list[str]:
         *figure_targets(),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/generator.pt"),
         *gan_runs("results/gan/sigma~{sigma}/seed~{seed}/epsilon.png"),
-        *gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),
+        *released_runs("results/synth/{kind}~{sigma}/seed~{seed}/privacy_card.json"),
         "results/tables/quality.tsv",
         "results/tables/audit.tsv",
         *dp_audit_targets(),

@@ -48,12 +48,12 @@ rule gan:
             subcategory="Samples",
             labels={"run": "{kind}", "sigma": "{sigma}", "seed": "{seed}"},
         ),
-    wildcard_constraints:
-        kind=r"sigma|placebo",
     log:
         "results/logs/gan/{kind}~{sigma}/seed~{seed}.log",
     benchmark:
         "results/benchmarks/gan/{kind}~{sigma}/seed~{seed}.tsv"
+    wildcard_constraints:
+        kind=r"sigma|placebo",
     priority: PRIORITY["gan"]
     conda:
         "../../envs/torch.yaml"

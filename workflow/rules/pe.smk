@@ -8,12 +8,12 @@ rule pe:
     output:
         generator="results/gan/{kind}~{sigma}/seed~{seed}/generator.pt",
         epochs="results/gan/{kind}~{sigma}/seed~{seed}/epochs.tsv",
-    wildcard_constraints:
-        kind=r"pe|pe-placebo",
     log:
         "results/logs/pe/{kind}~{sigma}/seed~{seed}.log",
     benchmark:
         "results/benchmarks/pe/{kind}~{sigma}/seed~{seed}.tsv"
+    wildcard_constraints:
+        kind=r"pe|pe-placebo",
     priority: PRIORITY["gan"]
     conda:
         "../../envs/torch.yaml"
@@ -30,7 +30,9 @@ rule pe:
         generator=lambda wildcards, input: (
             f"--generator {input.generator}" if "generator" in input.keys() else ""
         ),
-        placebo=lambda wildcards: "--placebo-run" if wildcards.kind == "pe-placebo" else "",
+        placebo=lambda wildcards: (
+            "--placebo-run" if wildcards.kind == "pe-placebo" else ""
+        ),
         out_dir=lambda wildcards, output: os.path.dirname(output.generator),
     shell:
         "dpmra train-pe --train-set {input.train_set} --secret {input.secret} {params.generator} "

@@ -1,15 +1,17 @@
 rule quality:
     input:
-        synthetic="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
+        synthetic="results/synth/{kind}~{sigma}/seed~{seed}/dataset.npz",
         train=expand("results/patches/{patient}.npz", patient=patients_in("train")),
         test=expand("results/patches/{patient}.npz", patient=QUALITY_TEST_PATIENTS),
         weights=QUALITY["weights"] or [],
     output:
-        "results/quality/sigma~{sigma}/seed~{seed}/quality.json",
+        "results/quality/{kind}~{sigma}/seed~{seed}/quality.json",
     log:
-        "results/logs/quality/sigma~{sigma}/seed~{seed}.log",
+        "results/logs/quality/{kind}~{sigma}/seed~{seed}.log",
     benchmark:
-        "results/benchmarks/quality/sigma~{sigma}/seed~{seed}.tsv"
+        "results/benchmarks/quality/{kind}~{sigma}/seed~{seed}.tsv"
+    wildcard_constraints:
+        kind=RELEASED_KINDS,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -80,9 +82,11 @@ rule tsne:
 
 rule quality_tables:
     input:
-        quality=gan_runs("results/quality/sigma~{sigma}/seed~{seed}/quality.json"),
-        audit=gan_runs("results/audit/sigma~{sigma}/seed~{seed}/audit.json"),
-        cards=gan_runs("results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json"),
+        quality=released_runs("results/quality/{kind}~{sigma}/seed~{seed}/quality.json"),
+        audit=released_runs("results/audit/{kind}~{sigma}/seed~{seed}/audit.json"),
+        cards=released_runs(
+            "results/synth/{kind}~{sigma}/seed~{seed}/privacy_card.json"
+        ),
         real_ssim="results/quality/real/ssim.json",
     output:
         quality="results/tables/quality.tsv",

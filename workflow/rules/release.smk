@@ -1,27 +1,29 @@
 rule release_bundle:
     input:
-        dataset="results/synth/sigma~{sigma}/seed~{seed}/dataset.npz",
-        images="results/synth/sigma~{sigma}/seed~{seed}/images.nii.gz",
-        labels="results/synth/sigma~{sigma}/seed~{seed}/labels.nii.gz",
-        gallery="results/synth/sigma~{sigma}/seed~{seed}/gallery.png",
-        card="results/synth/sigma~{sigma}/seed~{seed}/privacy_card.json",
-        quality="results/quality/sigma~{sigma}/seed~{seed}/quality.json",
+        dataset="results/synth/{kind}~{sigma}/seed~{seed}/dataset.npz",
+        images="results/synth/{kind}~{sigma}/seed~{seed}/images.nii.gz",
+        labels="results/synth/{kind}~{sigma}/seed~{seed}/labels.nii.gz",
+        gallery="results/synth/{kind}~{sigma}/seed~{seed}/gallery.png",
+        card="results/synth/{kind}~{sigma}/seed~{seed}/privacy_card.json",
+        quality="results/quality/{kind}~{sigma}/seed~{seed}/quality.json",
         summary="results/tables/summary.tsv",
         selection="results/tables/selection.tsv",
     output:
-        dataset="results/release/sigma~{sigma}/seed~{seed}/dataset.npz",
-        images="results/release/sigma~{sigma}/seed~{seed}/images.nii.gz",
-        labels="results/release/sigma~{sigma}/seed~{seed}/labels.nii.gz",
-        gallery="results/release/sigma~{sigma}/seed~{seed}/gallery.png",
-        card="results/release/sigma~{sigma}/seed~{seed}/privacy_card.json",
-        quality="results/release/sigma~{sigma}/seed~{seed}/quality.json",
-        readme="results/release/sigma~{sigma}/seed~{seed}/README.md",
-        manifest="results/release/sigma~{sigma}/seed~{seed}/MANIFEST.tsv",
-        zip="results/release/sigma~{sigma}/seed~{seed}.zip",
+        dataset="results/release/{kind}~{sigma}/seed~{seed}/dataset.npz",
+        images="results/release/{kind}~{sigma}/seed~{seed}/images.nii.gz",
+        labels="results/release/{kind}~{sigma}/seed~{seed}/labels.nii.gz",
+        gallery="results/release/{kind}~{sigma}/seed~{seed}/gallery.png",
+        card="results/release/{kind}~{sigma}/seed~{seed}/privacy_card.json",
+        quality="results/release/{kind}~{sigma}/seed~{seed}/quality.json",
+        readme="results/release/{kind}~{sigma}/seed~{seed}/README.md",
+        manifest="results/release/{kind}~{sigma}/seed~{seed}/MANIFEST.tsv",
+        zip="results/release/{kind}~{sigma}/seed~{seed}.zip",
     log:
-        "results/logs/release/sigma~{sigma}/seed~{seed}.log",
+        "results/logs/release/{kind}~{sigma}/seed~{seed}.log",
     benchmark:
-        "results/benchmarks/release/sigma~{sigma}/seed~{seed}.tsv"
+        "results/benchmarks/release/{kind}~{sigma}/seed~{seed}.tsv"
+    wildcard_constraints:
+        kind=RELEASED_KINDS,
     conda:
         "../../envs/base.yaml"
     threads: 1

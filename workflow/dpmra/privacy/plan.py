@@ -149,5 +149,5 @@ def pe_placebo_sigmas(pe: dict, by_epsilon: dict[float, str]) -> list[str]:
     """Sigma labels of the PE runs that get a placebo (pe.placebo: target epsilons of pe.epsilons)."""
     missing = [value for value in pe["placebo"] if float(value) not in by_epsilon]
     if missing:
-        raise ValueError(f"pe.placebo lists {missing}, not target epsilons of pe.epsilons {pe['epsilons']}")
+        raise ValueError(f"pe.placebo lists {missing}, which are not target epsilons of pe.epsilons {sorted(by_epsilon)}")
     return [by_epsilon[float(value)] for value in pe["placebo"]]

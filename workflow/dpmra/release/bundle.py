@@ -60,7 +60,8 @@ def epsilon_value(value: object, path: Path) -> float:
 
 
 def card_facts(path: Path) -> dict:
-    """From a privacy card only what the bundle states: dataset, epsilon (RDP, PRV), delta, guarantee statement."""
+    """From a privacy card only what the bundle states: dataset, family, epsilon (reported, PRV), delta, guarantee
+    statement, and where the generator began (a GAN's warm start, PE's API)."""
     card = read_json(path)
     epsilon = card.get("epsilon")
     if not isinstance(epsilon, dict) or "rdp" not in epsilon:
@@ -75,11 +76,15 @@ def card_facts(path: Path) -> dict:
     release = card.get("release")
     scaling = release.get("image_scaling") if isinstance(release, dict) else None
     warm = card.get("public_pretraining")
+    mechanism = card.get("mechanism") if isinstance(card.get("mechanism"), dict) else None
     return {
+        "family": card.get("family", "dp-wgan"),
+        "api": mechanism.get("api") if mechanism else None,
         "warm_start": warm.get("statement") if isinstance(warm, dict) else None,
         "image_scaling": scaling if isinstance(scaling, str) and scaling else "on 0..255",
         "dataset": card["dataset"],
-        "epsilon": epsilon_value(epsilon["rdp"], path),
+        "epsilon": epsilon_value(epsilon.get("gdp", epsilon["rdp"]), path),
+        "accountant": "exact Gaussian DP" if "gdp" in epsilon else "RDP accountant",
         "epsilon_prv": epsilon_value(epsilon["prv"], path) if "prv" in epsilon else None,
         "delta": float(delta),
         "statement": statement if isinstance(statement, str) and statement else None,

@@ -94,8 +94,23 @@ def accounting_line(facts: dict) -> str:
     prv = facts["epsilon_prv"]
     tighter = f"; the PRV accountant's tighter estimate of the same mechanism: {number(prv)}" if prv is not None else ""
     return (
-        f"epsilon {number(facts['epsilon'])} (RDP accountant{tighter}), delta {number(facts['delta'], 3)}. Anything "
+        f"epsilon {number(facts['epsilon'])} ({facts['accountant']}{tighter}), delta {number(facts['delta'], 3)}. Anything "
         "computed from these files alone keeps this guarantee. Details: `privacy_card.json`."
+    )
+
+
+def generator_words(facts: dict, private: bool) -> str:
+    """Where the pairs came from, by DP family: a DP-WGAN, or Private Evolution over a public API."""
+    if facts.get("family") == "pe":
+        votes = "noisy votes (differentially private)" if private else "votes WITHOUT noise (not private)"
+        return (
+            "They were made by Private Evolution: a public generator proposed candidates and patches of real "
+            f"TOF-MRA scans chose among them by {votes}; the public generator was {facts['api']}"
+        )
+    training = "with differentially private SGD" if private else "WITHOUT differential privacy"
+    return (
+        f"They were sampled from a generative adversarial network (a Wasserstein GAN) trained {training} on "
+        "patches of real TOF-MRA scans"
     )
 
 
@@ -104,15 +119,14 @@ def readme_text(facts: dict, summary: dict) -> str:
     data = summary["synthetic_dataset"]
     p, n = data["patch_size"], data["n_pairs"]
     private = not math.isinf(facts["epsilon"])
-    training = "with differentially private SGD" if private else "WITHOUT differential privacy"
+    origin = generator_words(facts, private)
     files = "\n".join(f"| `{name}` | {FILE_NOTES[name]} |" for name in BUNDLE_FILES)
     return (
         f"# Synthetic TOF-MRA patches with vessel labels ({facts['dataset']})\n\n"
         + ("" if private else NOT_PRIVATE)
         + "## What the data are\n\n"
         f"{n} labelled synthetic 2D axial brain TOF-MRA patches of {p} x {p} pixels, each with a binary vessel label. "
-        f"They were sampled from a generative adversarial network (a Wasserstein GAN) trained {training} on "
-        "patches of real TOF-MRA scans: the patches were generated, not cut from any scan. Images are "
+        f"{origin}: the patches were generated, not cut from any scan. Images are "
         f"{data['image_dtype']}, {facts['image_scaling']} (values {number(data['image_min'])} to "
         f"{number(data['image_max'])}); labels are {data['label_dtype']}, 1 vessel and 0 background.\n\n"
         + (f"Where the generator began: {facts['warm_start']}.\n\n" if facts["warm_start"] else "")
