@@ -98,10 +98,8 @@ def _public_seeds(seed: int) -> dict[str, int]:
 def run_name(params: GanParams) -> str:
     """The run's identity for the keyed streams: every setting that shapes training, but not its length (more
     epochs continue a run) or plotting; private_blocks and placebo_run only where set, so the other runs keep theirs."""
-    settings = {k: v for k, v in asdict(params).items() if k not in ("epochs", "sample_every")}
-    for optional in ("private_blocks", "placebo_run"):
-        if not settings[optional]:
-            del settings[optional]
+    optional = ("private_blocks", "placebo_run")
+    settings = {k: v for k, v in asdict(params).items() if k not in ("epochs", "sample_every", *optional) or v}
     return "gan:" + json.dumps(settings, sort_keys=True)
 
 
