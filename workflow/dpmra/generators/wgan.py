@@ -98,8 +98,8 @@ def _public_seeds(seed: int) -> dict[str, int]:
 def run_name(params: GanParams) -> str:
     """The run's identity for the keyed streams: every setting that shapes training, but not its length (more
     epochs continue a run) or plotting; private_blocks and placebo_run only where set, so the other runs keep theirs."""
-    optional = ("private_blocks", "placebo_run")
-    settings = {k: v for k, v in asdict(params).items() if k not in ("epochs", "sample_every", *optional) or v}
+    dropped = {"epochs", "sample_every"} | {k for k in ("private_blocks", "placebo_run") if not getattr(params, k)}
+    settings = {k: v for k, v in asdict(params).items() if k not in dropped}
     return "gan:" + json.dumps(settings, sort_keys=True)
 
 
