@@ -15,8 +15,6 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from dpmra.privacy.accountants import epsilon as subsampled_epsilon
-
 MAX_EPSILON = 500.0
 
 
@@ -53,6 +51,9 @@ def pe_epsilons(sigma: float, iterations: int, delta: float) -> dict[str, float]
     """Epsilon at delta of a PE run, three ways: exact GDP (the one reported), RDP and PRV (Opacus, rate 1)."""
     if math.isinf(sigma):
         return {"epsilon_gdp": math.inf, "epsilon_rdp": math.inf, "epsilon_prv": math.inf}
+    # Opacus takes seconds to import; Snakemake solves PE's sigmas at every start through this module without it.
+    from dpmra.privacy.accountants import epsilon as subsampled_epsilon
+
     with np.errstate(divide="ignore"):  # Opacus' PRV takes log(1 - q), -inf at rate 1, harmlessly
         return {
             "epsilon_gdp": gdp_epsilon(gdp_mu(sigma, iterations), delta),

@@ -137,7 +137,9 @@ def unet_settings(unet: dict) -> dict[str, dict]:
 def pe_sigmas(pe: dict, delta: float) -> dict[float, str]:
     """Private Evolution's sigma label per target epsilon (exact GDP at `delta` over pe.iterations rounds, sigma
     rounded up), and `inf` for a run without noise."""
-    from dpmra.privacy.gdp import solve_pe_sigma
+    if not pe["epsilons"]:
+        return {}
+    from dpmra.privacy.gdp import solve_pe_sigma  # scipy.stats costs about a second: only where PE runs
 
     return {
         float(eps): sigma_label(round_up(solve_pe_sigma(float(eps), pe["iterations"], delta)))
