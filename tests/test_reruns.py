@@ -21,8 +21,10 @@ from conftest import ENV, ROOT, snakemake
 DATA_RULES = {"phantom", "prepare", "patches", "training_set"}
 # Rules that read real data only (no GAN, no U-Net).
 REAL_ONLY_RULES = DATA_RULES | {"ssim_real"}
-# Rules that train or sample a GAN.
-GAN_RULES = {"gan", "gan_pretrain", "synth", "synth_public"}
+# Rules that train or sample a generator (a GAN, or Private Evolution's population).
+GAN_RULES = {"gan", "gan_pretrain", "pe", "synth", "synth_public"}
+# test.yaml's Private Evolution run at epsilon 10 (2 rounds, delta 8e-4) and its placebo.
+PE_SOURCES = {"pe~0.5814/seed~0", "pe-placebo~0.5814/seed~0"}
 # Outputs that are directories (`predict`: one folder per U-Net and split).
 DIRECTORY_OUTPUTS = ("results/predictions/",)
 
@@ -146,7 +148,7 @@ def test_changing_a_unet_setting_does_not_retrain_gans(finished_run, tmp_path):
     config = write_config(tmp_path, "unet_epochs", lambda c: c["unet"].update(epochs=2))
     jobs = dry_run(finished_run, config)
     unets = [job for job in jobs if job.rule == "unet"]
-    assert len(unets) == 5 * 2  # sources real, sigma~inf, sigma~1, placebo~1, public x 2 settings
+    assert len(unets) == 7 * 2  # sources real, sigma~inf, sigma~1, placebo~1, public and the two PE x 2 settings
     assert all(job.reason.startswith("Params have changed") for job in unets), unets
     for job in jobs:
         assert job.rule not in REAL_ONLY_RULES | GAN_RULES, job
@@ -172,8 +174,9 @@ def test_changing_the_patch_seed_reruns_everything_downstream(finished_run, tmp_
     assert {"patches", "training_set", "gan", "synth", "unet", "predict", "score", "tables"} <= rules
     assert sum(job.rule == "patches" for job in jobs) == 10  # 6 cohort patients, the public one, 3 stand-ins
     assert {job.branch() for job in jobs if job.rule == "unet"} == {
-        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", "public"
+        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", "public", *PE_SOURCES
     }
+    assert {job.branch() for job in jobs if job.rule == "pe"} == PE_SOURCES
 
 
 def test_changing_the_phantom_seed_reruns_everything(finished_run, tmp_path):

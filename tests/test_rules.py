@@ -74,11 +74,11 @@ def test_priorities_run_the_longest_path_first(rules):
     chain = [priority[name] for name in ("gan_pretrain", "gan", "synth", "unet", "predict")]
     assert chain == sorted(chain, reverse=True) and len(set(chain)) == len(chain) and chain[-1] > 0
     assert priority["public_set"] == priority["secret_key"] == priority["gan_pretrain"]
-    assert priority["dp_audit"] == priority["gan"] and priority["synth_public"] == priority["synth"]
+    assert priority["dp_audit"] == priority["gan"] == priority["pe"] and priority["synth_public"] == priority["synth"]
     public_first = {f"public:{priority['gan_pretrain']}", "train:0", "val:0", "test:0", "external:0", "placebo:0"}
     assert priority["phantom"] == priority["prepare"] == priority["patches"] == sorted(public_first)
-    others = set(priority) - {"gan_pretrain", "public_set", "secret_key", "gan", "dp_audit", "synth", "synth_public", "unet",
-                              "predict", "phantom", "prepare", "patches"}
+    others = set(priority) - {"gan_pretrain", "public_set", "secret_key", "gan", "pe", "dp_audit", "synth", "synth_public",
+                              "unet", "predict", "phantom", "prepare", "patches"}
     assert {priority[name] for name in others} == {0}
 
 
