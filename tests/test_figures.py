@@ -17,7 +17,13 @@ from dpmra.evaluation.figures.pages import write_audit_html, write_quality_html,
 from dpmra.evaluation.figures.quality import fd_label, plot_audit, plot_fid, plot_ssim, plot_tsne
 from dpmra.evaluation.figures.style import NONPRIVATE_COLOUR, REAL_COLOUR, epsilon_axis, sigma_palette, spaced_ticks
 from dpmra.evaluation.figures.training import plot_gan_curves
-from dpmra.evaluation.figures.utility import plot_accounting, plot_utility, selected_scores
+from dpmra.evaluation.figures.utility import (
+    placebo_points,
+    plot_accounting,
+    plot_utility,
+    selected_scores,
+    utility_runs,
+)
 from dpmra.evaluation.tables import read_privacy, write_privacy_table
 from dpmra.shared.html_tables import mean_sd
 from dpmra.shared.pictures import mip_extent, new_figure
@@ -155,6 +161,27 @@ def test_utility_figure_on_external_split(results: Path):
         outputs(results, "fig5_external_utility"),
     ).set_index("sigma")
     assert by_sigma.loc["inf", "dsc_mean"] == pytest.approx(0.79)
+
+
+def test_utility_figure_puts_each_placebo_at_its_private_runs_epsilon(results: Path):
+    tables = results / "tables"
+    selection = pd.read_csv(tables / "selection.tsv", sep="\t")
+    summary = pd.read_csv(tables / "summary.tsv", sep="\t")
+    placebo = "placebo~0.65/seed~1"
+    selected = summary[(summary["source"] == source("0.65", 1)) & (summary["setting"] == SETTINGS[1])]
+    summary = pd.concat([summary, selected.assign(source=placebo, mean=selected["mean"] - 0.1)])
+    selection = pd.concat([selection, pd.DataFrame([{"source": placebo, "setting": SETTINGS[1], "val_dsc_mean": 0.7}])])
+    summary.to_csv(tables / "summary.tsv", sep="\t", index=False)
+    selection.to_csv(tables / "selection.tsv", sep="\t", index=False)
+    privacy = read_privacy(tables / "privacy.tsv")
+    runs = utility_runs(summary, selection, privacy, "test")
+    points = placebo_points(runs, selected_scores(summary, selection, "test").set_index("source"))
+    assert points[["sigma", "epsilon_rdp"]].values.tolist() == [["0.65", 10.2]]
+    assert points["dsc"].item() == pytest.approx(0.60 - 0.1) and points["bahd_mm"].item() == pytest.approx(4 - 0.1)
+    assert placebo not in set(runs["source"]), "a placebo is a control, not a run of its own on the curve"
+    paths = outputs(results, "fig3_test_utility")
+    plot_utility(tables / "summary.tsv", tables / "selection.tsv", tables / "privacy.tsv", "test", paths)
+    assert_figures(paths)
 
 
 def test_accounting_figure_plots_each_accountant(tmp_path: Path, results: Path):

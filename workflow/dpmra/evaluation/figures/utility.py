@@ -1,7 +1,8 @@
 """Segmentation utility against epsilon: Fig. 3 (test), Fig. 5 (external) and the accounting plot.
 
 Each source's selected U-Net (highest validation DSC, `dpmra.evaluation.tables`) scored on a split, per GAN run
-and as mean ± SD over seeds per sigma, with real data and the public warm start as references.
+and as mean ± SD over seeds per sigma, each placebo beside the private run it controls, with real data and the
+public warm start as references.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dpmra.evaluation.figures.style import (
     sigma_palette,
 )
 from dpmra.evaluation.tables import read_privacy
+from dpmra.privacy.plan import placebo_source
 from dpmra.shared.pictures import new_figure
 
 ACCOUNTANTS = {
@@ -123,6 +125,25 @@ def draw_real(ax: Axes, real: pd.Series | None, metric: str, colour: str = REAL_
 
 
 PUBLIC_MARKER = Line2D([], [], color=PUBLIC_COLOUR, ls="--", label="public warm start alone (no private data)")
+PLACEBO_MARKER = Line2D(
+    [], [], marker="s", mfc="none", mec="0.3", ls="none", ms=7, label="placebo (same recipe on public stand-ins)"
+)
+
+
+def placebo_points(runs: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Each scored placebo at the epsilon of the private run it controls (same sigma and seed), in its colour."""
+    rows = [
+        {"sigma": run.sigma, "epsilon_rdp": run.epsilon_rdp, **scores.loc[placebo, ["dsc", "bahd_mm"]].to_dict()}
+        for run in runs.itertuples()
+        if (placebo := placebo_source(run.source)) in scores.index
+    ]
+    return pd.DataFrame(rows, columns=["sigma", "epsilon_rdp", "dsc", "bahd_mm"])
+
+
+def draw_placebos(ax: Axes, placebos: pd.DataFrame, metric: str, palette, x) -> None:
+    """Hollow squares beside the private runs: the control that private learning is measured against."""
+    for _, row in placebos.iterrows():
+        ax.plot(x(row["epsilon_rdp"]), row[metric], "s", mfc="none", mec=palette[row["sigma"]], ms=7, mew=1.5, zorder=3)
 
 
 def draw_utility_panel(ax: Axes, runs: pd.DataFrame, by_sigma: pd.DataFrame, metric: str, palette, x) -> None:
@@ -168,6 +189,7 @@ def plot_utility(
     scores = selected_scores(summary, selection, split).set_index("source")
     real = scores.loc["real"] if "real" in scores.index else None
     public = scores.loc["public"] if "public" in scores.index else None
+    placebos = placebo_points(runs, scores)
     palette = sigma_palette(privacy["sigma"])
     infinite = bool((scores[["dsc_n_inf", "bahd_n_inf"]] > 0).any(axis=None))
     with matplotlib.rc_context(FONT):
@@ -178,9 +200,13 @@ def plot_utility(
             draw_real(ax, real, metric)
             draw_real(ax, public, metric, PUBLIC_COLOUR)
             draw_utility_panel(ax, runs, by_sigma, metric, palette, x)
+            draw_placebos(ax, placebos, metric, palette, x)
             ax.set_ylabel(f"{split} {ylabel}")
             ax.grid(alpha=0.3)
-        handles = UTILITY_MARKERS + [PUBLIC_MARKER] * (public is not None) + [INFINITE_MARKER] * infinite
+        handles = (
+            UTILITY_MARKERS + [PUBLIC_MARKER] * (public is not None) + [PLACEBO_MARKER] * (not placebos.empty)
+            + [INFINITE_MARKER] * infinite
+        )
         sigma_legend(fig, palette, sigma_epsilons(privacy), real is not None, handles)
         fig.suptitle(f"U-Nets trained on synthetic data, scored on the {split} patients")
         save_all(fig, outputs)
