@@ -192,7 +192,7 @@ def slurm(tmp_path_factory):
 
 
 def small_config(directory: Path) -> Path:
-    """config/test.yaml cut to one GAN, one U-Net setting, no warm start, placebo or DP audit: every SLURM job pays two
+    """config/test.yaml cut to one GAN, one U-Net setting, no warm start, placebo, PE or DP audit: every SLURM job pays two
     Snakemake start-ups (their routing is checked by the dry run of test_profile_sends_gpu_rules_to_the_gpu_partition)."""
     config = yaml.safe_load((ROOT / "config/test.yaml").read_text())
     config["data"]["phantom"]["splits"] = {
@@ -204,6 +204,7 @@ def small_config(directory: Path) -> Path:
     config["audit"]["dp"] = {"runs": []}
     config["gan"]["placebo"] = []
     config["gan"]["sigmas"] = [1.0]
+    config["pe"] = {**config["pe"], "epsilons": [], "placebo": []}
     config["unet"]["augment"] = [False]
     path = directory / "small.yaml"
     path.write_text(yaml.safe_dump(config))

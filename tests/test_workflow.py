@@ -205,7 +205,8 @@ def test_tiny_run_quality_and_audit(tiny_run):
     assert quality.columns.tolist() == [
         "source", "sigma", "seed", "epsilon", "fd_backbone", "fd_train", "fd_test", "fd_gap", "ssim_mean"
     ]
-    assert quality["source"].tolist() == ["sigma~inf/seed~0", "sigma~1/seed~0", "real"]
+    pe = f"pe~{pe_sigmas({'epsilons': [10], 'iterations': 2}, 8e-4)[10.0]}/seed~0"
+    assert quality["source"].tolist() == ["sigma~inf/seed~0", "sigma~1/seed~0", pe, "real"]
     gans = quality.iloc[:2]
     assert (gans["fd_backbone"] == "random-cnn-s0-d256").all() and (gans["fd_train"] > 0).all()
     np.testing.assert_allclose(gans["fd_gap"], gans["fd_test"] - gans["fd_train"], rtol=1e-4)
@@ -240,7 +241,11 @@ def test_tiny_run_segmentation(tiny_run):
         np.testing.assert_array_equal(errors == 1, (segmentation == 1) & (label == 1))
         np.testing.assert_array_equal(nib.load(prediction / "segmentation_native.nii.gz").get_fdata(), segmentation)
     selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t")
-    sources = ["real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", "public"]
+    pe_sigma = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]
+    sources = [
+        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", f"pe~{pe_sigma}/seed~0",
+        f"pe-placebo~{pe_sigma}/seed~0", "public",
+    ]
     assert selection["source"].tolist() == sources and set(selection["setting"]) <= set(settings)
     for source in sources[1:]:
         assert len(pd.read_csv(tiny_run / f"metrics/{source}/{settings[0]}/external.tsv", sep="\t")) == 1
@@ -292,7 +297,7 @@ def test_tiny_run_private_evolution(tiny_run):
     assert 9.9 < expected <= 10.0
     card = json.loads((tiny_run / f"synth/{source}/privacy_card.json").read_text())
     assert card["family"] == "pe" and card["mechanism"]["iterations"] == 2 and card["mechanism"]["candidates"] == 4
-    assert card["epsilon"]["gdp"] == pytest.approx(expected) < card["epsilon"]["rdp"]
+    assert card["epsilon"]["gdp"] == pytest.approx(expected) and expected < card["epsilon"]["rdp"]
     assert "critic_steps" not in card and "seed" not in card
     with np.load(tiny_run / f"synth/{source}/dataset.npz") as npz:
         assert npz["image"].shape == (120, 16, 16) and set(np.unique(npz["label"])) == {0, 1}
