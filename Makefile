@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
-# The study at its own scale (docs/study.md): about 2 hours on 2 cores; it writes results/, so run it in its own clone.
+# The study at its own scale (docs/study.md): about 2.5 hours on 2 loaded cores; it writes results/, so run it in its own clone.
 study: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile config/study.yaml
 

@@ -159,7 +159,7 @@ def test_profile_packs_score_jobs_and_cuts_no_rule():
     """Per-submission limits (cores, resources.mem_mb) size the score groups; they also cap every single job."""
     text = (ROOT / "profiles/slurm/config.yaml").read_text()
     profile = yaml.safe_load(text)
-    assert profile["group-components"]["score"] > 1
+    assert profile["group-components"]["score"] > 1 and profile["group-components"]["patient"] > 1
     assert max(profile["set-threads"].values()) <= profile["cores"]
     memory = [int(m) for m in re.findall(r"mem_mb=(\d+)", text)]
     assert memory and max(memory) <= profile["resources"]["mem_mb"]
@@ -258,7 +258,7 @@ def test_tiny_config_runs_on_slurm_with_gpu_routing(slurm, tmp_path):
     # Routing: GPU rules asked SLURM for the GPU partition and one V100, CPU rules for the CPU partition.
     calls = sbatch_calls(result.stdout)
     ran = GPU_RULES - {"gan_pretrain", "dp_audit"}
-    assert ran | {"phantom", "prepare", "patches", "training_set", "synth", "group:score"} <= set(calls)
+    assert ran | {"group:patient", "training_set", "synth", "group:score"} <= set(calls)
     for rule, rule_calls in calls.items():
         for call in rule_calls:
             if rule in GPU_RULES:
@@ -271,6 +271,8 @@ def test_tiny_config_runs_on_slurm_with_gpu_routing(slurm, tmp_path):
     # side by side within the profile's per-submission cores and memory: 6 CPUs, 6 x 8000 MB, one 60 min round.
     assert not LOCAL_RULES & set(calls), sorted(LOCAL_RULES & set(calls))
     assert "score" not in calls and len(calls["group:score"]) == 1, calls.get("group:score")
+    # The 5 patients' phantom, prepare and patches jobs: one submission, not 15.
+    assert not {"phantom", "prepare", "patches"} & set(calls) and len(calls["group:patient"]) == 1, calls.keys()
     (score,) = calls["group:score"]
     assert "--cpus-per-task=6" in score and "--mem 48000" in score and " -t 60" in score, score
     # ... and SLURM granted it: the GAN job held the node's (fake) GPU.

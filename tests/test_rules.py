@@ -64,9 +64,11 @@ def rules(tmp_path_factory) -> dict[str, dict]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_cheap_rules_are_local_and_scores_one_group(rules):
+def test_cheap_rules_are_local_scores_and_patients_grouped(rules):
     assert {name for name, rule in rules.items() if rule["local"]} == LOCAL_RULES
-    assert {name: rule["group"] for name, rule in rules.items() if rule["group"]} == {"score": "score"}
+    assert {name: rule["group"] for name, rule in rules.items() if rule["group"]} == {
+        "score": "score", "phantom": "patient", "prepare": "patient", "patches": "patient"
+    }
 
 
 def test_priorities_run_the_longest_path_first(rules):

@@ -37,18 +37,18 @@ def test_dry_run_default_config(tmp_path):
     assert result.returncode == 0, result.stdout
     counts = job_counts(result.stdout)
     # 12 private-cohort patients, 3 public (the warm start), 6 public stand-ins for the placebos of epsilon 10 and 2;
-    # PE at epsilon 10 and its placebo
+    # no PE (config/test.yaml runs it)
     assert counts == {
         "phantom": 21, "prepare": 21, "patches": 21, "training_set": 1, "placebo_set": 1, "secret_key": 1,
-        "public_set": 1, "gan_pretrain": 1, "synth_public": 1, "gan": 6, "pe": 2, "synth": 8, "quality": 5,
-        "audit": 5, "dp_audit": 1, "dp_audit_table": 1, "dp_audit_figure": 1, "ssim_real": 1, "tsne": 1,
-        "quality_tables": 1, "unet": 10, "predict": 30, "score": 30, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
+        "public_set": 1, "gan_pretrain": 1, "synth_public": 1, "gan": 6, "synth": 6, "quality": 4,
+        "audit": 4, "dp_audit": 1, "dp_audit_table": 1, "dp_audit_figure": 1, "ssim_real": 1, "tsne": 1,
+        "quality_tables": 1, "unet": 8, "predict": 24, "score": 24, "tables": 1, "all": 1, "privacy_table": 1, "fig2_samples": 1,
         "fig3_test_utility": 1, "fig4_error_maps": 1, "fig5_external_utility": 1, "fig6_fid": 1,
         "fig7_segmentation": 1, "fig8_ssim": 1, "fig9_tsne": 1, "privacy_utility_figure": 1, "audit_figure": 1,
         "gan_curves_figure": 1, "table1_html": 1, "summary_html": 1, "quality_html": 1, "audit_html": 1,
     }
     assert {"sigma~inf/seed~0", "sigma~0.6794/seed~0", "sigma~0.8954/seed~0", "sigma~1.47/seed~0",
-            "placebo~0.6794/seed~0", "placebo~1.47/seed~0", "pe~0.7964/seed~0", "pe-placebo~0.7964/seed~0"} <= {
+            "placebo~0.6794/seed~0", "placebo~1.47/seed~0"} <= {
         line.split("results/gan/")[1].rsplit("/", 1)[0] for line in result.stdout.split() if "results/gan/" in line
     }
     # audit.dp.runs: strongest audits the largest sigma (epsilon 2) only

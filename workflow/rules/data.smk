@@ -9,6 +9,10 @@ rule phantom:
     benchmark:
         "results/benchmarks/phantom/{patient}.tsv"
     priority: public_first
+    # A patient's phantom, prepare and patches jobs are one group: on a cluster, profiles/slurm packs several
+    # patients into one submission (group-components) instead of three short submissions each.
+    group:
+        "patient"
     conda:
         "../../envs/base.yaml"
     resources:
@@ -44,6 +48,8 @@ rule prepare:
     benchmark:
         "results/benchmarks/prepare/{patient}.tsv"
     priority: public_first
+    group:
+        "patient"
     conda:
         "../../envs/base.yaml"
     resources:

@@ -10,6 +10,8 @@ rule patches:
     benchmark:
         "results/benchmarks/patches/{patient}.tsv"
     priority: public_first
+    group:
+        "patient"
     conda:
         "../../envs/base.yaml"
     resources:
