@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from dpmra.privacy.plan import pe_sigmas
+
 SHAPE = (40, 36, 8)
 AFFINE = np.diag([0.5, 0.5, 0.7, 1.0])
 
@@ -55,6 +57,8 @@ def one_torch_thread():
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# Sigma label of config/test.yaml's PE run and its placebo (epsilon 10, 2 rounds, delta 8e-4): pe~{this}/seed~0.
+TEST_PE_SIGMA = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]
 BIN = Path(sys.executable).parent
 # Every workflow run in the tests starts as a user's `.venv/bin/snakemake` in a new shell: the venv is NOT on PATH
 # (`make test` puts it there; it is taken out), so jobs find `dpmra` only through the workflow itself.

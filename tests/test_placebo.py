@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, TEST_PE_SIGMA, snakemake
 
 from dpmra.data.manifest import phantom_table
-from dpmra.privacy.plan import pe_sigmas, placebo_sigmas
+from dpmra.privacy.plan import placebo_sigmas
 
 
 def test_stand_in_patients_are_fresh_public_site_patients():
@@ -45,8 +45,7 @@ def test_placebo_run_needs_no_private_patient(tmp_path: Path):
     """The placebo's GAN and release built from scratch: no private patient is rendered, prepared or cut, and no
     private training set exists at any point (it may as well be deleted)."""
     target = "results/synth/placebo~1/seed~0/privacy_card.json"
-    pe_sigma = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]  # test.yaml's PE run and its placebo
-    pe_target = f"results/synth/pe-placebo~{pe_sigma}/seed~0/privacy_card.json"
+    pe_target = f"results/synth/pe-placebo~{TEST_PE_SIGMA}/seed~0/privacy_card.json"  # test.yaml's PE placebo
     result = snakemake(tmp_path, target, pe_target, "--configfile", str(ROOT / "config/test.yaml"))
     assert result.returncode == 0, result.stdout[-3000:]
     rendered = sorted(p.name for p in (tmp_path / "results/phantom").iterdir())

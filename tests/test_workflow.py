@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ENV, ROOT, save, snakemake, toy_subject
+from conftest import ENV, ROOT, TEST_PE_SIGMA, save, snakemake, toy_subject
 
 from dpmra.generators.interface import sample_generator
 from dpmra.privacy.accountants import epsilon
 from dpmra.privacy.gdp import gdp_epsilon, gdp_mu
-from dpmra.privacy.plan import pe_sigmas
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -205,7 +204,7 @@ def test_tiny_run_quality_and_audit(tiny_run):
     assert quality.columns.tolist() == [
         "source", "sigma", "seed", "epsilon", "fd_backbone", "fd_train", "fd_test", "fd_gap", "ssim_mean"
     ]
-    pe = f"pe~{pe_sigmas({'epsilons': [10], 'iterations': 2}, 8e-4)[10.0]}/seed~0"
+    pe = f"pe~{TEST_PE_SIGMA}/seed~0"
     assert quality["source"].tolist() == ["sigma~inf/seed~0", "sigma~1/seed~0", pe, "real"]
     gans = quality.iloc[:2]
     assert (gans["fd_backbone"] == "random-cnn-s0-d256").all() and (gans["fd_train"] > 0).all()
@@ -241,10 +240,9 @@ def test_tiny_run_segmentation(tiny_run):
         np.testing.assert_array_equal(errors == 1, (segmentation == 1) & (label == 1))
         np.testing.assert_array_equal(nib.load(prediction / "segmentation_native.nii.gz").get_fdata(), segmentation)
     selection = pd.read_csv(tiny_run / "tables/selection.tsv", sep="\t")
-    pe_sigma = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]
     sources = [
-        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", f"pe~{pe_sigma}/seed~0",
-        f"pe-placebo~{pe_sigma}/seed~0", "public",
+        "real", "sigma~inf/seed~0", "sigma~1/seed~0", "placebo~1/seed~0", f"pe~{TEST_PE_SIGMA}/seed~0",
+        f"pe-placebo~{TEST_PE_SIGMA}/seed~0", "public",
     ]
     assert selection["source"].tolist() == sources and set(selection["setting"]) == set(settings)
     for source in sources[1:]:
@@ -289,7 +287,7 @@ def test_tiny_run_private_gain_is_private_minus_placebo(tiny_run):
 def test_tiny_run_private_evolution(tiny_run):
     """test.yaml's PE run at epsilon 10 (2 rounds of 4 candidates) and its placebo: the exact GDP epsilon in
     epochs.tsv, on the card and in Table 1, a labelled release, and a private gain against the placebo."""
-    sigma = pe_sigmas({"epsilons": [10], "iterations": 2}, 8e-4)[10.0]
+    sigma = TEST_PE_SIGMA
     source, placebo = f"pe~{sigma}/seed~0", f"pe-placebo~{sigma}/seed~0"
     epochs = pd.read_csv(tiny_run / f"gan/{source}/epochs.tsv", sep="\t")
     expected = gdp_epsilon(gdp_mu(float(sigma), 2), 8e-4)
