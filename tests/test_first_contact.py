@@ -41,9 +41,16 @@ def clone(tmp_path_factory) -> dict:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
     home.mkdir()
-    # `make demo` made .venv in the clone; here it is the running one (copy2 kept pyproject.toml's time, so make
-    # sees the install as current and installs nothing).
-    (repo / ".venv").symlink_to(BIN.parent, target_is_directory=True)
+    # `make demo` made .venv in the clone; here it is a folder of links to the running one with an install stamp of
+    # its own, newer than the copied pyproject.toml (copy2 kept its time): make installs nothing, so it never
+    # re-points the running venv's editable install at this temporary copy (a shared stamp older than a changed
+    # pyproject.toml did).
+    venv = repo / ".venv"
+    venv.mkdir()
+    for entry in BIN.parent.iterdir():
+        if entry.name != ".dpmra-installed":
+            (venv / entry.name).symlink_to(entry)
+    (venv / ".dpmra-installed").touch()
     env = {k: v for k, v in ENV.items() if k not in ("XDG_CONFIG_HOME", "SNAKEMAKE_PROFILE")}
     activated = {**env, "HOME": str(home), "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "VIRTUAL_ENV": str(BIN.parent)}
     return {"repo": repo, "home": home, "env": activated}
