@@ -62,12 +62,20 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm24-w16-b32-pb1": (200, "volume", dict(epochs=3, private_blocks=1), 24),
     "warm24-w16-b32-pb2": (200, "volume", dict(epochs=3, private_blocks=2), 24),
     "warm24-w16-b32-pb1-e6": (200, "volume", dict(epochs=6, private_blocks=1), 24),
+    "warm24-w16-b32-p1000": (1000, "volume", dict(epochs=3), 24),
+    "warm24-w16-b32-p1000-e1": (1000, "volume", dict(epochs=1), 24),
+    "warm24-w16-b32-e6": (200, "volume", dict(epochs=6), 24),
+    "warm24-w16-b32-e12": (200, "volume", dict(epochs=12), 24),
+    "warm24-w16-b64-e6": (200, "volume", dict(batch_size=64, epochs=6), 24),
+    "warm24-w16-b32-lr2e-3": (200, "volume", dict(epochs=3, lr=2e-3), 24),
+    "warm24-w16-b32-lr1e-4": (200, "volume", dict(epochs=3, lr=1e-4), 24),
     "warm-w16-b32-e6": (200, "volume", dict(epochs=6), 34),
     "warm-w16-b32-e1": (200, "volume", dict(epochs=1), 34),
     "warm-w16-b32-lr1e-4": (200, "volume", dict(epochs=3, lr=1e-4), 34),
     "warm-w16-patient": (200, "volume", dict(epochs=30, unit="patient", patient_batch=2.0, patient_patches=16), 34),
 }
 PUBLIC_PATIENTS = 3  # the default's warm-start cohort, C000-C002; the placebo's stand-ins follow
+SYNTH_N = 1200  # released pairs per run: the default's N (6 x 200), also for 1,000 patches per patient (U-Net cost stays)
 
 
 def cohort(base: Path) -> dict[str, list[str]]:
@@ -164,7 +172,7 @@ def run_setting(
         train_gan(train_set, run / "gan", params, secret, pretrained)
     minutes = (time.perf_counter() - start) / 60
     stored = torch.load(run / "gan" / "generator.pt", weights_only=True)
-    release_dataset(run / "gan" / "generator.pt", run / "synth", ReleaseParams(n=plan.units), name)
+    release_dataset(run / "gan" / "generator.pt", run / "synth", ReleaseParams(n=SYNTH_N), name)
     train_unet([run / "synth" / "dataset.npz"], run / "unet", UNET)
     predict_patients(run / "unet" / "model.pt", base / "data", patients["val"], run / "val", PATCH)
     scores = score_split(patients["val"], base / "data", run / "val", run / "val.tsv")

@@ -221,7 +221,9 @@ def test_tiny_run_quality_and_audit(tiny_run):
     dcr = pd.read_csv(tiny_run / "audit/sigma~1/seed~0/dcr.tsv", sep="\t")
     assert len(dcr) == 120 and dcr["near_copy"].mean() == pytest.approx(audit["near_copy_share"].iloc[1])
     tsne = pd.read_csv(tiny_run / "quality/tsne.tsv", sep="\t")
-    assert tsne.groupby("source").size().to_dict() == {"real": 20, "sigma~1/seed~0": 20, "sigma~inf/seed~0": 20}
+    assert tsne.groupby("source").size().to_dict() == {
+        "real": 20, "sigma~1/seed~0": 20, "sigma~inf/seed~0": 20, pe: 20
+    }
 
 
 @pytest.mark.workflow

@@ -316,9 +316,12 @@ def selection_arguments(wildcards, input) -> str:
 
 
 def tsne_groups(wildcards, input) -> str:
-    """`--group NAME FILE...` per source: the real train patches and every synthetic dataset."""
+    """`--group NAME FILE...` per source: the real train patches and every released dataset (DP-WGAN, then PE)."""
     groups = [("real", input.real)]
-    groups += [(source, [path]) for source, path in zip(GAN_SOURCES, input.synthetic)]
+    sources = GAN_SOURCES + PE_SOURCES  # the order of released_runs
+    groups += [
+        (source, [path]) for source, path in zip(sources, input.synthetic, strict=True)
+    ]
     return " ".join(f"--group {name} {' '.join(files)}" for name, files in groups)
 
 

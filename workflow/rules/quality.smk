@@ -55,7 +55,7 @@ rule ssim_real:
 rule tsne:
     input:
         real=expand("results/patches/{patient}.npz", patient=patients_in("train")),
-        synthetic=gan_runs("results/synth/sigma~{sigma}/seed~{seed}/dataset.npz"),
+        synthetic=released_runs("results/synth/{kind}~{sigma}/seed~{seed}/dataset.npz"),
         weights=QUALITY["weights"] or [],
     output:
         "results/quality/tsne.tsv",
