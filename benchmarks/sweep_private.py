@@ -75,7 +75,7 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm-w16-patient": (200, "volume", dict(epochs=30, unit="patient", patient_batch=2.0, patient_patches=16), 34),
 }
 PUBLIC_PATIENTS = 3  # the default's warm-start cohort, C000-C002; the placebo's stand-ins follow
-SYNTH_N = 1200  # released pairs per run: the default's N (6 x 200), also for 1,000 patches per patient (U-Net cost stays)
+SYNTH_N = 1200  # pairs released per run: the default's N (6 x 200), also at 1,000 patches per patient
 
 
 def cohort(base: Path) -> dict[str, list[str]]:

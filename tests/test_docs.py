@@ -46,8 +46,9 @@ def anchors(page: Path) -> set[str]:
     """Every heading anchor of a markdown file, with GitHub's -1, -2 suffixes for repeated headings."""
     seen: dict[str, int] = {}
     found = set()
-    for _, line in prose_lines(page.read_text()):
-        match = HEADING.match(line)
+    lines = page.read_text().splitlines()
+    for number, _ in prose_lines(page.read_text()):
+        match = HEADING.match(lines[number - 1])  # the heading as written: GitHub keeps code spans' text
         if not match:
             continue
         base = slug(match.group(2))
@@ -71,6 +72,13 @@ def test_the_slug_follows_github():
     assert slug("3. Code layering") == "3-code-layering"
     assert slug("`gan_pretrain` and `data`") == "gan_pretrain-and-data"
     assert slug("What comes out, and where to look first") == "what-comes-out-and-where-to-look-first"
+
+
+def test_anchors_keep_code_in_headings_and_skip_code_blocks(tmp_path):
+    page = tmp_path / "page.md"
+    heading = "## Private recipes (`sweep_private.py`)\n"
+    page.write_text(heading + "```\n# not a heading\n```\n" + heading)
+    assert anchors(page) == {"private-recipes-sweep_privatepy", "private-recipes-sweep_privatepy-1"}
 
 
 def test_readme_is_an_entrance():
