@@ -64,6 +64,7 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm24-w16-b32-pb1-e6": (200, "volume", dict(epochs=6, private_blocks=1), 24),
     "warm24-w16-b32-p1000": (1000, "volume", dict(epochs=3), 24),
     "warm24-w16-b32-p1000-e1": (1000, "volume", dict(epochs=1), 24),
+    "warm24-w16-b128-p1000": (1000, "volume", dict(batch_size=128, epochs=3), 24),
     "warm24-w16-b32-e6": (200, "volume", dict(epochs=6), 24),
     "warm24-w16-b32-e12": (200, "volume", dict(epochs=12), 24),
     "warm24-w16-b64-e6": (200, "volume", dict(batch_size=64, epochs=6), 24),
@@ -75,6 +76,8 @@ SETTINGS: dict[str, tuple[int, str, dict, int]] = {
     "warm-w16-patient": (200, "volume", dict(epochs=30, unit="patient", patient_batch=2.0, patient_patches=16), 34),
 }
 PUBLIC_PATIENTS = 3  # the default's warm-start cohort, C000-C002; the placebo's stand-ins follow
+# Settings whose warm start keeps the default's batch of 32, so that only the private phase's batch differs.
+WARM_BATCH = {"warm24-w16-b128-p1000": 32}
 SYNTH_N = 1200  # pairs released per run: the default's N (6 x 200), also at 1,000 patches per patient
 
 
@@ -112,7 +115,8 @@ def build_training_set(
 
 
 def warm_start(
-    base: Path, out: Path, params: GanParams, epochs: int, secret: Path, intensity: str, public: list[str]
+    base: Path, out: Path, params: GanParams, epochs: int, secret: Path, intensity: str, public: list[str],
+    batch_size: int | None = None,
 ) -> Path:
     """The public run (phantom site C, non-private) the private runs of one architecture start from."""
     files = [base / "patches" / f"{p}.npz" for p in public]
@@ -124,6 +128,7 @@ def warm_start(
     public = replace(
         params, sigma=math.inf, epochs=epochs, public=True, unit="patch", private_blocks=None,
         patient_batch=BASE.patient_batch, patient_patches=BASE.patient_patches,
+        batch_size=batch_size or params.batch_size,
     )
     folder = out / "public" / run_digest(public)
     if not (folder / "generator.pt").exists():
@@ -153,7 +158,9 @@ def run_setting(
     per_patient, intensity, overrides, warm_epochs = SETTINGS[name]
     params = replace(BASE, **overrides)
     pretrained = (
-        warm_start(base, out, params, warm_epochs, secret, intensity, patients["public"]) if warm_epochs else None
+        warm_start(base, out, params, warm_epochs, secret, intensity, patients["public"], WARM_BATCH.get(name))
+        if warm_epochs
+        else None
     )
     train_set = build_training_set(base, out, per_patient, intensity, patients[training], training)
     gan_config = {"batch_size": params.batch_size, "delta": None, "epochs": params.epochs,
