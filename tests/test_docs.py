@@ -46,8 +46,9 @@ def anchors(page: Path) -> set[str]:
     """Every heading anchor of a markdown file, with GitHub's -1, -2 suffixes for repeated headings."""
     seen: dict[str, int] = {}
     found = set()
-    lines = page.read_text().splitlines()
-    for number, _ in prose_lines(page.read_text()):
+    text = page.read_text()
+    lines = text.splitlines()
+    for number, _ in prose_lines(text):
         match = HEADING.match(lines[number - 1])  # the heading as written: GitHub keeps code spans' text
         if not match:
             continue

@@ -318,7 +318,8 @@ def selection_arguments(wildcards, input) -> str:
 def tsne_groups(wildcards, input) -> str:
     """`--group NAME FILE...` per source: the real train patches and every released dataset (DP-WGAN, then PE)."""
     groups = [("real", input.real)]
-    sources = GAN_SOURCES + PE_SOURCES  # the order of released_runs
+    # The same expansion as the rule's input, so names and files pair by construction.
+    sources = released_runs("{kind}~{sigma}/seed~{seed}")
     groups += [
         (source, [path]) for source, path in zip(sources, input.synthetic, strict=True)
     ]
